@@ -1,0 +1,132 @@
+"""The qwex error tree.
+
+Every error qwex raises on purpose is a :class:`QwexError`. The CLI prints
+``qwex: error: <message>`` on one line and exits with :attr:`QwexError.exit_code`;
+anything else escaping is a bug.
+
+::
+
+    QwexError                      exit 1
+    ├── UserError                  exit 2   bad input: fix the command line, the .drv file, the repo
+    │   ├── DrvFileError                    malformed or invalid derivation/config file (file, field)
+    │   ├── SourceError                     not a git repo, dirty tree, unknown revision
+    │   └── KeyLookupError                  unknown or ambiguous key / run id prefix
+    ├── StoreError                 exit 1   the store is unreadable or damaged
+    │   ├── ObjectNotFound                  a named object is missing (path)
+    │   └── CorruptObject                   content does not hash to its name (expected, actual)
+    ├── BuildFailed                exit 1   the command exited non-zero (exit_code, run_id)
+    ├── BuildCancelled             exit 130 interrupted; the job's process group was stopped
+    └── DriverError                exit 1   the execution backend failed (not the command)
+        ├── TransientDriverError            retrying may help (scheduler down, connection lost)
+        └── PermanentDriverError            retrying will not help (bad configuration)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BuildCancelled",
+    "BuildFailed",
+    "CorruptObject",
+    "DriverError",
+    "DrvFileError",
+    "KeyLookupError",
+    "ObjectNotFound",
+    "PermanentDriverError",
+    "QwexError",
+    "SourceError",
+    "StoreError",
+    "TransientDriverError",
+    "UserError",
+]
+
+
+class QwexError(Exception):
+    """Base of every deliberate qwex error. ``str(err)`` is a one-line message."""
+
+    exit_code = 1
+
+
+class UserError(QwexError):
+    """The input is wrong; nothing was changed. Exit status 2."""
+
+    exit_code = 2
+
+
+class DrvFileError(UserError):
+    """A derivation or config file is malformed or has an invalid field."""
+
+    def __init__(self, file: str, message: str, field: str | None = None) -> None:
+        self.file = file
+        self.field = field
+        where = f"{file}: {field}" if field else file
+        super().__init__(f"{where}: {message}")
+
+
+class SourceError(UserError):
+    """The source repository cannot be used as asked (not a repo, dirty, bad revision)."""
+
+    def __init__(self, message: str, files: tuple[str, ...] = ()) -> None:
+        self.files = files
+        super().__init__(message)
+
+
+class KeyLookupError(UserError):
+    """A key, derivation hash or run id prefix matches nothing, or more than one thing."""
+
+    def __init__(self, prefix: str, message: str, candidates: tuple[str, ...] = ()) -> None:
+        self.prefix = prefix
+        self.candidates = candidates
+        super().__init__(message)
+
+
+class StoreError(QwexError):
+    """The store cannot be read or written as its format requires."""
+
+
+class ObjectNotFound(StoreError):
+    """A store object named by a digest or path does not exist."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"object not found in store: {path}")
+
+
+class CorruptObject(StoreError):
+    """A store object's content does not hash to the digest it is stored under."""
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"corrupt object {path}: expected {expected}, got {actual}")
+
+
+class BuildFailed(QwexError):
+    """The derivation's command ran and exited non-zero (or its outputs were invalid)."""
+
+    def __init__(self, message: str, exit_code: int | None, run_id: str) -> None:
+        self.command_exit_code = exit_code
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class BuildCancelled(QwexError):
+    """The build was interrupted; the job's process group was stopped and the run recorded."""
+
+    exit_code = 130
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"cancelled; run {run_id} recorded as cancelled")
+
+
+class DriverError(QwexError):
+    """The execution backend failed before or around the command (not the command itself)."""
+
+
+class TransientDriverError(DriverError):
+    """A driver failure that may succeed on retry."""
+
+
+class PermanentDriverError(DriverError):
+    """A driver failure that will not succeed on retry without a change."""
