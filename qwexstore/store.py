@@ -1,0 +1,202 @@
+"""The store: a self-describing tree of objects on any :class:`Storage` (spec/store.md).
+
+Layout (format version 1)::
+
+    qwex-store.json                 {"format": "qwex-store", "version": 1}
+    blobs/<h2>/<hex>                raw content: output files, inputs, logs, source bundles
+    manifests/<h2>/<hex>            canonical manifest bytes
+    snapshots/<h2>/<hex>            canonical snapshot bytes
+    derivations/<h2>/<hex>          derivation records (the hash is over the derivation)
+    runs/<run-id>                   run records, one per execution
+    realisations/<h2>/<key-hex>     realisations: key -> output manifest
+    tmp/                            scratch (temporary files, work dirs); never read
+
+``<h2>`` is the first two hex digits. Every name is derivable from a digest or run id, so
+the layout is listable by prefix and needs no server-side index.
+
+Write order (MUST): blobs, then manifests and snapshots, then the derivation record and
+run record, then the realisation; each stage is durable (``Storage.sync``) before the next
+starts. Readers verify content against names (:class:`CorruptObject`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final, TypeVar
+
+import msgspec
+
+from . import canonical
+from .derivation import derivation_hash
+from .digest import hash_bytes, hash_tagged, hex_of
+from .errors import CorruptObject, ObjectNotFound, StoreError
+from .manifest import Manifest
+from .records import DerivationRecord, Realisation, RunRecord, Snapshot
+from .storage import LocalStorage, Storage, open_storage
+
+__all__ = ["STORE_VERSION", "Store", "open_store"]
+
+T = TypeVar("T")
+
+STORE_VERSION: Final = 1
+_VERSION_FILE: Final = "qwex-store.json"
+
+
+class _StoreInfo(msgspec.Struct):
+    format: str
+    version: int
+
+
+def _fan(kind: str, digest: str) -> str:
+    h = hex_of(digest)
+    return f"{kind}/{h[:2]}/{h}"
+
+
+class Store:
+    """Typed access to one store. Create with :func:`open_store`. Holds no open files."""
+
+    def __init__(self, storage: Storage, location: str) -> None:
+        self.storage = storage
+        self.location = location
+
+    @property
+    def local_root(self) -> str | None:
+        """The store's directory when it is local (hard links and renames work into it)."""
+        return self.storage.capabilities.local_root
+
+    # -- paths -------------------------------------------------------------------------
+    @staticmethod
+    def blob_path(digest: str) -> str:
+        return _fan("blobs", digest)
+
+    @staticmethod
+    def manifest_path(digest: str) -> str:
+        return _fan("manifests", digest)
+
+    @staticmethod
+    def snapshot_path(digest: str) -> str:
+        return _fan("snapshots", digest)
+
+    @staticmethod
+    def derivation_path(digest: str) -> str:
+        return _fan("derivations", digest)
+
+    @staticmethod
+    def realisation_path(key: str) -> str:
+        return _fan("realisations", key)
+
+    @staticmethod
+    def run_path(run_id: str) -> str:
+        return f"runs/{run_id}"
+
+    # -- blobs -------------------------------------------------------------------------
+    async def put_blob(self, data: bytes) -> str:
+        """Store raw bytes; return their digest. Idempotent."""
+        digest = hash_bytes(data)
+        await self.storage.put(self.blob_path(digest), data)
+        return digest
+
+    async def get_blob(self, digest: str) -> bytes:
+        """Raw bytes of a blob, verified against its digest."""
+        path = self.blob_path(digest)
+        data = await self.storage.get(path)
+        actual = hash_bytes(data)
+        if actual != digest:
+            raise CorruptObject(path, digest, actual)
+        return data
+
+    # -- typed, content-addressed records -----------------------------------------------
+    async def put_manifest(self, manifest: Manifest) -> str:
+        digest = manifest.digest()
+        await self.storage.put(self.manifest_path(digest), manifest.canonical())
+        return digest
+
+    async def get_manifest(self, digest: str) -> Manifest:
+        path = self.manifest_path(digest)
+        data = await self.storage.get(path)
+        actual = hash_tagged("manifest", data)
+        if actual != digest:
+            raise CorruptObject(path, digest, actual)
+        return _decode(path, data, Manifest)
+
+    async def put_snapshot(self, snapshot: Snapshot) -> str:
+        digest = snapshot.digest()
+        await self.storage.put(self.snapshot_path(digest), snapshot.canonical())
+        return digest
+
+    async def get_snapshot(self, digest: str) -> Snapshot:
+        path = self.snapshot_path(digest)
+        data = await self.storage.get(path)
+        actual = hash_tagged("snapshot", data)
+        if actual != digest:
+            raise CorruptObject(path, digest, actual)
+        return _decode(path, data, Snapshot)
+
+    async def put_derivation(self, record: DerivationRecord) -> str:
+        """Store a derivation record under its derivation's hash (first writer wins)."""
+        digest = derivation_hash(record.derivation)
+        await self.storage.put(self.derivation_path(digest), canonical.encode(record))
+        return digest
+
+    async def get_derivation(self, digest: str) -> DerivationRecord:
+        path = self.derivation_path(digest)
+        record = _decode(path, await self.storage.get(path), DerivationRecord)
+        actual = derivation_hash(record.derivation)
+        if actual != digest:
+            raise CorruptObject(path, digest, actual)
+        return record
+
+    # -- runs and realisations ------------------------------------------------------------
+    async def put_run(self, run: RunRecord) -> None:
+        await self.storage.put(self.run_path(run.run_id), canonical.encode(run))
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        path = self.run_path(run_id)
+        return _decode(path, await self.storage.get(path), RunRecord)
+
+    async def put_realisation(self, real: Realisation) -> bool:
+        """Write a realisation. The caller MUST have made everything it names durable."""
+        return await self.storage.put(self.realisation_path(real.key), canonical.encode(real))
+
+    async def get_realisation(self, key: str) -> Realisation | None:
+        path = self.realisation_path(key)
+        try:
+            data = await self.storage.get(path)
+        except ObjectNotFound:
+            return None
+        real = _decode(path, data, Realisation)
+        if real.key != key:
+            raise CorruptObject(path, key, real.key)
+        return real
+
+
+def _decode(path: str, data: bytes, typ: type[T]) -> T:
+    try:
+        return canonical.decode(data, typ)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise StoreError(f"unreadable object {path}: {e}") from None
+
+
+async def open_store(location: str, *, create: bool = True) -> Store:
+    """Open (and with ``create``, initialise) the store at a path or fsspec URL.
+
+    Raises StoreError if the location holds a store of an unknown format or version.
+    """
+    storage = open_storage(location)
+    if isinstance(storage, LocalStorage) and create:
+        os.makedirs(storage.root, exist_ok=True)
+    try:
+        info = canonical.decode(await storage.get(_VERSION_FILE), _StoreInfo)
+    except ObjectNotFound:
+        if not create:
+            raise StoreError(f"no qwex store at {location}") from None
+        info = _StoreInfo(format="qwex-store", version=STORE_VERSION)
+        await storage.put(_VERSION_FILE, canonical.encode(info))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise StoreError(f"{location}/{_VERSION_FILE} is not a qwex store version file") from None
+    if info.format != "qwex-store" or info.version != STORE_VERSION:
+        raise StoreError(
+            f"{location} is a {info.format} store of version {info.version}; "
+            f"this qwex reads version {STORE_VERSION}"
+        )
+    return Store(storage, location)
