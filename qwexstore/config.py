@@ -1,0 +1,99 @@
+"""Runner configuration: named placements for the layer stack (spec/config.md).
+
+``.qwex/config.toml`` in the project (the repo root) and ``~/.qwex/config.toml`` for the
+user (``$QWEX_HOME/config.toml``); a project runner overrides a user runner of the same
+name. A runner lists layers, outermost first, that supply *placement*::
+
+    [runners.cluster]
+    layers = [{ kind = "ssh", host = "login1" }, { kind = "slurm", partition = "gpu" }]
+
+Applying a runner to a derivation's layers (:func:`apply_runner`): a runner layer whose
+kind the derivation already has fills that layer's placement fields (the runner wins); any
+other runner layer is added outside the derivation's layers. A runner may not set an
+identity field of a layer the derivation declares.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Any
+
+import msgspec
+
+from .errors import DrvFileError, UserError
+from .layers import Layer, layer_fields
+
+__all__ = ["Config", "Runner", "apply_runner", "load_config", "qwex_home"]
+
+
+class Runner(msgspec.Struct, forbid_unknown_fields=True):
+    layers: list[Layer] = msgspec.field(default_factory=list)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    runners: dict[str, Runner] = msgspec.field(default_factory=dict)
+    store: str | None = None
+
+
+def qwex_home() -> str:
+    """``$QWEX_HOME`` or ``~/.qwex``."""
+    return os.environ.get("QWEX_HOME") or os.path.join(os.path.expanduser("~"), ".qwex")
+
+
+def _load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            raw: dict[str, Any] = tomllib.load(f)
+    except FileNotFoundError:
+        return Config()
+    except tomllib.TOMLDecodeError as e:
+        raise DrvFileError(path, f"malformed TOML: {e}") from None
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise DrvFileError(path, str(e)) from None
+
+
+def load_config(project_root: str | None) -> Config:
+    """User config overlaid with the project's."""
+    user = _load(os.path.join(qwex_home(), "config.toml"))
+    if project_root is None:
+        return user
+    proj = _load(os.path.join(project_root, ".qwex", "config.toml"))
+    return Config(runners={**user.runners, **proj.runners}, store=proj.store or user.store)
+
+
+def apply_runner(layers: list[Layer], runner: Runner, name: str) -> list[Layer]:
+    """The effective layer stack: ``layers`` with the runner's placement applied."""
+    by_kind = {type(layer): i for i, layer in enumerate(layers)}
+    merged = list(layers)
+    outer: list[Layer] = []
+    for rl in runner.layers:
+        i = by_kind.get(type(rl))
+        if i is None:
+            outer.append(rl)
+            continue
+        fields = layer_fields(type(rl).__struct_config__.tag)  # type: ignore[arg-type]
+        assert fields is not None
+        ident, placement = fields
+        base = merged[i]
+        changes: dict[str, Any] = {}
+        for f in type(rl).__struct_fields__:
+            value, default = getattr(rl, f), getattr(type(rl)(**_required(rl)), f)
+            if value == default:
+                continue
+            if f in ident and value != getattr(base, f):
+                raise UserError(f"runner {name!r} may not change identity field {f!r} of a layer")
+            if f in placement:
+                changes[f] = value
+        merged[i] = msgspec.structs.replace(base, **changes)
+    return outer + merged
+
+
+def _required(layer: Layer) -> dict[str, Any]:
+    """The required fields of a layer, to build a default instance for comparison."""
+    cls = type(layer)
+    n_defaults = len(cls.__struct_defaults__)
+    req = cls.__struct_fields__[: len(cls.__struct_fields__) - n_defaults]
+    return {f: getattr(layer, f) for f in req}

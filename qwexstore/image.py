@@ -1,0 +1,47 @@
+"""Environment images and their ids (spec/derivation.md, "Images").
+
+An image enters the key by content, never by name:
+
+- an OCI reference pinned by digest (``[docker://]registry/repo[:tag]@sha256:<64 hex>``)
+  has the id ``oci:sha256:<hex>`` (the registry and tag are placement: the same image
+  pulled from a mirror is the same image);
+- a local image file (``.sif`` and friends; a path relative to the .drv file, or
+  ``file:PATH``) has the id ``file:blake3:<hex>`` of its bytes;
+- an unpinned tag is refused, unless allowed, when its id is ``unpinned:<reference>``
+  and the run record marks it impure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final
+
+from .digest import hash_file
+from .errors import UserError
+
+__all__ = ["image_id"]
+
+_PINNED: Final = re.compile(r"^(?:docker://)?[^@\s]+@sha256:(?P<hex>[0-9a-f]{64})$")
+_FILE_SUFFIXES: Final = (".sif", ".simg", ".img", ".tar", ".oci")
+
+
+def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str) -> str:
+    """The content id of an image reference. ``where`` names the field for errors."""
+    m = _PINNED.match(ref)
+    if m:
+        return f"oci:sha256:{m.group('hex')}"
+    path = ref.removeprefix("file:")
+    if ref.startswith("file:") or path.startswith(("/", "./", "../")) or path.endswith(_FILE_SUFFIXES):
+        full = os.path.join(base_dir, path)
+        if not os.path.isfile(full):
+            raise UserError(f"{where}: image file not found: {full}")
+        return "file:" + hash_file(full)
+    if "@sha256:" in ref:
+        raise UserError(f"{where}: malformed image digest in {ref!r} (want @sha256:<64 hex>)")
+    if allow_unpinned:
+        return f"unpinned:{ref}"
+    raise UserError(
+        f"{where}: image {ref!r} is not pinned by digest; use {ref}@sha256:<digest> "
+        "or pass --allow-unpinned"
+    )

@@ -1,0 +1,208 @@
+"""Planning: turn a derivation file into a :class:`Plan` (the derivation, its key, and the
+local facts needed to build it), touching git and input files but never the store.
+
+This is the cache-hit path: it reads the .drv file, asks git for the selected tree,
+hashes inputs through the stat cache, and hashes the derivation. Keep it light.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Literal
+
+import msgspec
+
+from .config import apply_runner, load_config
+from .derivation import BlobInput, Derivation, DrvInput, Env, Input, TreeInput
+from .drvfile import DrvFile, parse_drv_file
+from .errors import DrvFileError, SourceError, UserError
+from .globs import Selector
+from .image import image_id
+from .index import Index
+from .layers import (
+    KueueIdentity,
+    KueueLayer,
+    Layer,
+    LayerIdentity,
+    SingularityIdentity,
+    SingularityLayer,
+)
+from .manifest import Manifest
+from .records import DerivationRecord, SourceRef
+from .source import Repo, SourceTree, find_repo
+from .tree import hash_entries, scan
+
+__all__ = ["FileInput", "Plan", "plan_file"]
+
+
+class FileInput(msgspec.Struct):
+    """A ``file:`` input: where it is, and what it hashed to (a blob or a tree)."""
+
+    dest: str
+    path: str
+    kind: Literal["blob", "tree"]
+    input: BlobInput | TreeInput
+    manifest: Manifest | None
+
+
+class Plan(msgspec.Struct):
+    """Everything needed to look a derivation up, and to build it on a miss."""
+
+    drv_path: str
+    name: str
+    drvfile: DrvFile
+    repo: Repo | None
+    commit: str | None
+    tree: SourceTree | None
+    selector: Selector | None
+    derivation: Derivation
+    image_ref: str | None
+    layers: list[Layer]
+    file_inputs: list[FileInput]
+    dirty_snapshot: bool
+
+    @property
+    def key(self) -> str:
+        """The build key (the hash of the resolved derivation)."""
+        if not self.derivation.is_resolved():
+            raise UserError(f"{self.drv_path}: drv: inputs must be built first")
+        return self.derivation.hash()
+
+    def record(self, snapshot: str | None) -> DerivationRecord:
+        """The derivation record to store, given the source snapshot digest."""
+        src = None
+        if self.commit is not None and snapshot is not None:
+            spec = self.drvfile.source
+            src = SourceRef(commit=self.commit, snapshot=snapshot, include=spec.include,
+                            exclude=spec.exclude)
+        return DerivationRecord(
+            name=self.name, derivation=self.derivation, source=src, image_ref=self.image_ref,
+            layers=self.layers, pass_env=self.drvfile.env.pass_,
+        )
+
+
+def _layer_identity(layer: Layer, base: str, allow_unpinned: bool, i: int) -> LayerIdentity | None:
+    where = f"layers[{i}].image"
+    if isinstance(layer, SingularityLayer):
+        return SingularityIdentity(
+            image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where),
+            contain=layer.contain, cleanenv=layer.cleanenv, args=layer.args,
+        )
+    if isinstance(layer, KueueLayer):
+        return KueueIdentity(image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where))
+    return None
+
+
+def _file_input(dest: str, path: str, index: Index | None, drv_path: str) -> FileInput:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DrvFileError(drv_path, f"input file not found: {path}", f"inputs.{dest!r}") from None
+    if stat.S_ISDIR(st.st_mode):
+        entries = hash_entries(list(scan(path)), index)
+        manifest = Manifest.of(entries)
+        return FileInput(dest=dest, path=path, kind="tree",
+                         input=TreeInput(manifest=manifest.digest()), manifest=manifest)
+    if not stat.S_ISREG(st.st_mode):
+        raise DrvFileError(drv_path, f"input is not a file or directory: {path}", f"inputs.{dest!r}")
+    (entry,) = hash_entries(list(scan(os.path.dirname(path), os.path.basename(path))), index)
+    assert not isinstance(entry, str) and hasattr(entry, "digest")
+    return FileInput(dest=dest, path=path, kind="blob",
+                     input=BlobInput(digest=entry.digest, executable=entry.executable),
+                     manifest=None)
+
+
+def plan_file(
+    drv_path: str,
+    index: Index | None,
+    *,
+    allow_dirty: bool = False,
+    allow_unpinned: bool = False,
+    runner: str | None = None,
+) -> Plan:
+    """Parse, select, hash. Raises UserError subclasses for every bad input."""
+    drv_path = os.path.abspath(drv_path)
+    df = parse_drv_file(drv_path)
+    base = os.path.dirname(drv_path)
+    return plan_parsed(df, drv_path, base, index, allow_dirty=allow_dirty,
+                       allow_unpinned=allow_unpinned, runner=runner)
+
+
+def plan_parsed(
+    df: DrvFile,
+    drv_path: str,
+    base: str,
+    index: Index | None,
+    *,
+    allow_dirty: bool,
+    allow_unpinned: bool,
+    runner: str | None,
+) -> Plan:
+    """Plan an already-parsed derivation file whose relative paths start at ``base``."""
+    # Source
+    root = find_repo(os.path.join(base, df.source.repo) if df.source.repo else base)
+    repo = Repo(root)
+    selector = Selector(df.source.include, df.source.exclude)
+    head = repo.head()
+    if head is None:
+        raise SourceError(f"{root} has no commits; commit your source first")
+    commit = repo.commit_of(df.source.rev)
+    dirty_snapshot = False
+    if commit == head:
+        dirty = repo.dirty(selector)
+        if dirty:
+            if not allow_dirty:
+                shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+                raise SourceError(
+                    f"uncommitted changes to tracked files: {shown} "
+                    "(commit them, or pass --allow-dirty to snapshot the working tree)",
+                    tuple(dirty),
+                )
+            commit = repo.snapshot_worktree()
+            dirty_snapshot = True
+    tree = repo.tree(commit, selector)
+
+    # Environment and layers
+    image = (image_id(df.env.image, base, allow_unpinned=allow_unpinned, where="env.image")
+             if df.env.image else None)
+    layers: list[Layer] = list(df.layers)
+    if runner is not None:
+        cfg = load_config(root)
+        if runner not in cfg.runners:
+            known = ", ".join(sorted(cfg.runners)) or "none configured"
+            raise UserError(f"unknown runner {runner!r} (known: {known})")
+        layers = apply_runner(layers, cfg.runners[runner], runner)
+    idents = [x for i, layer in enumerate(layers)
+              if (x := _layer_identity(layer, base, allow_unpinned, i)) is not None]
+
+    # Inputs
+    inputs: dict[str, Input] = {}
+    file_inputs: list[FileInput] = []
+    for dest, spec in sorted(df.inputs.items()):
+        kind, _, ref = spec.partition(":")
+        d = "." if dest == "." else dest.rstrip("/")
+        if kind == "file":
+            fi = _file_input(d, os.path.normpath(os.path.join(base, ref)), index, drv_path)
+            file_inputs.append(fi)
+            inputs[d] = fi.input
+        else:
+            raise DrvFileError(
+                drv_path, f"{spec!r}: drv: inputs (pipelines) are not supported by this version yet",
+                f"inputs.{dest!r}",
+            )
+    derivation = Derivation(
+        source=tree.digest(),
+        command=df.argv,
+        env=Env(image=image, vars=dict(df.env.vars)),
+        inputs=inputs,
+        layers=idents,
+        outputs=sorted(set(df.outputs)),
+    )
+    name = df.name or os.path.splitext(os.path.basename(drv_path))[0]
+    _ = DrvInput  # drv inputs are spec'd; planning them lands with pipelines
+    return Plan(
+        drv_path=drv_path, name=name, drvfile=df, repo=repo, commit=commit, tree=tree,
+        selector=selector, derivation=derivation, image_ref=df.env.image, layers=layers,
+        file_inputs=file_inputs, dirty_snapshot=dirty_snapshot,
+    )
