@@ -1,0 +1,5 @@
+"""Execution drivers for qwex. Each implements :class:`qwexstore.driver.Driver`."""
+
+from .local import LocalDriver
+
+__all__ = ["LocalDriver"]

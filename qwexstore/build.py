@@ -1,0 +1,296 @@
+"""Build: look a planned derivation up, and realize it on a miss (spec/store.md, "Build").
+
+The sequence on a miss, under the key's lock, is the store's write order:
+
+1. source snapshot (bundle blob, then snapshot record), input blobs and manifests;
+2. the derivation record; the work dir (selected source, staged inputs, output dirs);
+3. the driver runs the command, streaming logs;
+4. outputs are ingested (moved, not copied, into blobs) and made durable; then the output
+   manifest, log blobs and the run record; then durable; then the realisation; then the
+   index entries in one transaction.
+
+A failed or cancelled run writes its logs and run record but never a realisation, so
+failures are never cached. A kill at any point leaves only orphans in ``tmp/`` (work dirs,
+temp files), which ``qwex gc`` removes; nothing partial is ever visible under a final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+
+from .config import qwex_home
+from .digest import hash_file
+from .driver import Driver, RunPlan, driver_for, load_driver
+from .errors import BuildCancelled, BuildFailed, UserError
+from .cache import LISTING, BuildResult, lookup
+from .index import Index, IndexedRealisation, RunSummary
+from .locks import KeyLock
+from .manifest import Entry, FileEntry, Manifest
+from .plan import Plan
+from .records import Realisation, RunRecord
+from .snapshot import take_snapshot
+from .store import Store
+from .tree import Progress, hash_entries, materialize, scan
+
+__all__ = ["base_env", "new_run_id", "realize", "scratch_dir"]
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``YYYYmmddTHHMMSSffffffZ-<4 hex>`` (UTC)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    return f"{stamp}{(now // 1000) % 1_000_000:06d}Z-{secrets.token_hex(2)}"
+
+
+def scratch_dir(store: Store) -> str:
+    """Where temp files and work dirs go: inside a local store (so ingest is a rename),
+    otherwise under ``$QWEX_HOME/tmp``."""
+    root = store.local_root
+    return os.path.join(root, "tmp") if root else os.path.join(qwex_home(), "tmp")
+
+
+def base_env(plan: Plan, run_id: str, key: str, workdir: str,
+             environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The job's complete environment, and its impure part (spec/runs.md, "Environment").
+
+    Base: PATH (inherited; impure unless an image pins the environment), HOME and TMPDIR
+    inside the work dir, LANG=C.UTF-8; then the hashed ``vars``; then the ``pass`` names
+    present in ``environ``; then QWEX_RUN_ID, QWEX_RUN_DIR and QWEX_KEY.
+    """
+    path = environ.get("PATH", os.defpath)
+    env = {"PATH": path, "HOME": os.path.join(workdir, ".home"),
+           "TMPDIR": os.path.join(workdir, ".tmp"), "LANG": "C.UTF-8"}
+    env.update(plan.derivation.env.vars)
+    env.update({n: environ[n] for n in plan.drvfile.env.pass_ if n in environ})
+    env.update({"QWEX_RUN_ID": run_id, "QWEX_RUN_DIR": workdir, "QWEX_KEY": key})
+    impure = {} if plan.derivation.env.image else {"PATH": path}
+    return env, impure
+
+
+async def _store_inputs(store: Store, plan: Plan) -> None:
+    """Copy ``file:`` inputs into the store (never linked: the user may edit them)."""
+    for fi in plan.file_inputs:
+        if fi.manifest is None:
+            digest = fi.input.digest  # type: ignore[union-attr]
+            await store.storage.put_file(store.blob_path(digest), fi.path, consume=False)
+            continue
+        for e in fi.manifest.files():
+            await store.storage.put_file(store.blob_path(e.digest), os.path.join(fi.path, e.path),
+                                         consume=False)
+    if plan.file_inputs:
+        await store.storage.sync()
+        for fi in plan.file_inputs:
+            if fi.manifest is not None:
+                await store.put_manifest(fi.manifest)
+
+
+Staged = dict[str, tuple[tuple[int, int, int], str]]
+
+
+async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
+    """Fill the work dir: selected source, inputs (hard-linked, read-only), output dirs.
+
+    Returns (stat fingerprint, digest) of every staged input file, so that a job writing
+    through a hard link into the store is caught after it ends.
+    """
+    assert plan.repo is not None and plan.commit is not None and plan.tree is not None
+    plan.repo.stage(plan.commit, plan.tree.paths(), workdir)
+    staged: Staged = {}
+    for fi in plan.file_inputs:
+        if fi.manifest is None:
+            digest = fi.input.digest  # type: ignore[union-attr]
+            m = Manifest([FileEntry(path=fi.dest, size=0, digest=digest)])
+        else:
+            m = fi.manifest.rebase(fi.dest)
+        try:
+            await materialize(store, m, workdir, link=True)
+        except UserError as e:
+            raise UserError(f"input {fi.dest!r} clashes with the source tree: {e}") from None
+        for e in m.files():
+            st = os.stat(os.path.join(workdir, e.path))
+            staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)
+    for pat in plan.derivation.outputs:
+        if pat.endswith("/") and not glob.has_magic(pat):
+            os.makedirs(os.path.join(workdir, pat), exist_ok=True)
+    for d in (".home", ".tmp"):
+        os.makedirs(os.path.join(workdir, d), exist_ok=True)
+    return staged
+
+
+def _collect(workdir: str, patterns: list[str]) -> list:  # type: ignore[type-arg]
+    """Scan the declared outputs. A plain path that was not produced is a failure."""
+    found: dict[str, object] = {}
+    for pat in patterns:
+        rel = pat.rstrip("/")
+        if glob.has_magic(rel):
+            matches = sorted(glob.glob(rel, root_dir=workdir, recursive=True, include_hidden=True))
+        elif os.path.lexists(os.path.join(workdir, rel)):
+            matches = [rel]
+        else:
+            raise ValueError(f"declared output {pat!r} was not produced")
+        for m in matches:
+            for s in scan(workdir, m):
+                found.setdefault(s.path, s)
+    return list(found.values())
+
+
+async def _ingest(store: Store, workdir: str, patterns: list[str], progress: Progress | None) -> Manifest:
+    """Hash outputs and move them into blobs; durable before the manifest is written."""
+    scanned = _collect(workdir, patterns)
+    entries: list[Entry] = hash_entries(scanned, None, progress)
+    manifest = Manifest.of(entries)
+    await store.storage.sync()  # the job's bytes are durable before they get final names
+    for s, e in zip(scanned, entries, strict=True):
+        if isinstance(e, FileEntry):
+            # A file with other hard links may change under us: copy it instead of moving.
+            consume = s.st.st_nlink == 1
+            await store.storage.put_file(store.blob_path(e.digest), s.abspath, consume=consume)
+    await store.storage.sync()
+    await store.put_manifest(manifest)
+    return manifest
+
+
+def _inputs_changed(workdir: str, staged: Staged) -> list[str]:
+    changed = []
+    for rel, (fp, _digest) in staged.items():
+        try:
+            st = os.stat(os.path.join(workdir, rel))
+        except FileNotFoundError:
+            continue  # deleting a staged link does not touch the store
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != fp:
+            changed.append(rel)
+    return changed
+
+
+async def realize(
+    store: Store,
+    index: Index,
+    plan: Plan,
+    *,
+    on_log: Callable[[str, bytes], None],
+    on_wait: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    driver: Driver | None = None,
+    environ: dict[str, str] | None = None,
+) -> BuildResult:
+    """Build ``plan`` unless its key is realized; one execution per key at a time.
+
+    Raises BuildFailed (command failed; run recorded), BuildCancelled (interrupted; job
+    stopped, run recorded), UserError, DriverError.
+    """
+    key = plan.key
+    hit = lookup(index, key)
+    if hit is not None:
+        return hit
+    tmp = scratch_dir(store)
+    with KeyLock(tmp, key, on_wait):
+        real = await store.get_realisation(key)
+        if real is not None:  # built meanwhile, or the index lags the store
+            manifest = await store.get_manifest(real.manifest)
+            result = _result(key, True, real.run_id, real.manifest, manifest)
+            with index.writer() as w:
+                w.realisation(key, _indexed(result, real.created_ns))
+            return result
+        drv = driver or load_driver(driver_for(plan.layers))
+        return await _run(store, index, plan, drv, tmp, on_log, progress, environ or dict(os.environ))
+
+
+def _result(key: str, cached: bool, run_id: str, digest: str, m: Manifest) -> BuildResult:
+    files = m.files()
+    listing = [(e.path, e.size) for e in files[:LISTING]]
+    return BuildResult(key, cached, run_id, digest, len(files), m.total_size(), listing)
+
+
+def _indexed(r: BuildResult, created_ns: int) -> IndexedRealisation:
+    return IndexedRealisation(r.manifest, r.run_id, created_ns, r.files, r.size, r.listing)
+
+
+async def _run(store: Store, index: Index, plan: Plan, driver: Driver, tmp: str,
+               on_log: Callable[[str, bytes], None], progress: Progress | None,
+               environ: dict[str, str]) -> BuildResult:
+    key = plan.key
+    assert plan.repo is not None and plan.commit is not None
+    snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
+    await _store_inputs(store, plan)
+    drv_hash = await store.put_derivation(plan.record(snapshot))
+    run_id = new_run_id()
+    rundir = os.path.join(tmp, "runs", run_id)
+    workdir = os.path.join(rundir, "work")
+    staged = await _stage(store, plan, workdir)
+    env, impure = base_env(plan, run_id, key, workdir, environ)
+    logfiles = {s: open(os.path.join(rundir, s), "wb") for s in ("stdout", "stderr")}  # noqa: SIM115
+
+    def sink(stream: str, chunk: bytes) -> None:
+        logfiles[stream].write(chunk)
+        on_log(stream, chunk)
+
+    rp = RunPlan(run_id=run_id, key=key, name=plan.name, workdir=workdir, argv=plan.derivation.command,
+                 env=env, layers=plan.layers)
+    started = time.time_ns()
+    try:
+        outcome = await driver.run(rp, sink)
+    except asyncio.CancelledError:
+        outcome = None
+    finally:
+        for f in logfiles.values():
+            f.close()
+    status = "cancelled" if outcome is None else outcome.status
+    message = "" if outcome is None else outcome.message
+    manifest: Manifest | None = None
+    if outcome is not None and outcome.status == "succeeded":
+        changed = _inputs_changed(workdir, staged)
+        if changed:
+            status, message = "failed", f"the job modified its input {changed[0]!r} (inputs are read-only)"
+            for rel in changed:  # that blob no longer matches its name: drop it
+                await store.storage.delete(store.blob_path(staged[rel][1]))
+        else:
+            try:
+                manifest = await _ingest(store, workdir, plan.derivation.outputs, progress)
+            except (ValueError, UserError) as e:
+                status, message = "failed", str(e)
+    logs = {}
+    for s in ("stdout", "stderr"):
+        p = os.path.join(rundir, s)
+        logs[s] = hash_file(p)
+        await store.storage.put_file(store.blob_path(logs[s]), p, consume=True)
+    await store.storage.sync()
+    finished = outcome.finished_ns if outcome is not None else time.time_ns()
+    run = RunRecord(
+        run_id=run_id, key=key, drv=drv_hash, name=plan.name, status=status,  # type: ignore[arg-type]
+        exit_code=None if outcome is None else outcome.exit_code,
+        started_ns=outcome.started_ns if outcome is not None else started, finished_ns=finished,
+        host=socket.gethostname(), user=environ.get("USER", str(os.getuid())), driver=driver.name,
+        stdout=logs["stdout"], stderr=logs["stderr"],
+        manifest=manifest.digest() if manifest is not None else None, impure=impure, message=message,
+    )
+    await store.put_run(run)
+    summary = RunSummary(key, plan.name, status, run.exit_code, run.started_ns, run.finished_ns)
+    result: BuildResult | None = None
+    if manifest is not None:
+        await store.storage.sync()
+        created = time.time_ns()
+        await store.put_realisation(Realisation(key=key, manifest=manifest.digest(), run_id=run_id,
+                                                created_ns=created))
+        await store.storage.sync()
+        result = _result(key, False, run_id, manifest.digest(), manifest)
+    with index.writer() as w:
+        w.run(run_id, summary)
+        w.derivation(drv_hash, plan.name)
+        if result is not None:
+            w.realisation(key, _indexed(result, created))
+    if result is not None or status == "failed":
+        shutil.rmtree(rundir, ignore_errors=True)
+    if outcome is None:
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise BuildCancelled(run_id)
+    if result is None:
+        code = outcome.exit_code
+        shown = message or f"command exited with status {code}"
+        raise BuildFailed(f"{plan.name}: {shown} (run {run_id}; see `qwex log {run_id}`)", code, run_id)
+    return result

@@ -1,0 +1,84 @@
+"""The driver interface: how a run is executed (spec/drivers.md).
+
+A driver realizes one :class:`RunPlan`. The core never imports a concrete driver: drivers
+register under the ``qwex.drivers`` entry-point group (``local`` ships with qwex), so a lab
+can plug in its own. The driver is chosen by the outermost layer's kind (``local`` when
+there are no layers).
+
+Contract of :meth:`Driver.run`:
+- run ``plan.argv`` in ``plan.workdir`` with exactly ``plan.env`` (nothing inherited);
+- call ``logs(stream, chunk)`` with output as it arrives (``stream`` is ``"stdout"`` or
+  ``"stderr"``), from the event loop's thread;
+- return a :class:`RunOutcome` once the job has ended (a non-zero exit is an outcome, not
+  an exception); after it returns, ``plan.workdir`` holds the outputs on this machine;
+- on cancellation (``asyncio.CancelledError``) stop the job's whole process group or
+  scheduler job, then re-raise;
+- raise :class:`~qwexstore.errors.DriverError` only for failures of the backend itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import msgspec
+
+from .errors import PermanentDriverError
+from .layers import Layer
+
+__all__ = ["Driver", "LogSink", "RunOutcome", "RunPlan", "driver_for", "load_driver"]
+
+LogSink = Callable[[str, bytes], None]
+
+
+class RunPlan(msgspec.Struct, frozen=True):
+    """One execution: what to run, where its files are, and the layers it goes through."""
+
+    run_id: str
+    key: str
+    name: str
+    workdir: str
+    argv: list[str]
+    env: dict[str, str]
+    layers: list[Layer]
+
+
+class RunOutcome(msgspec.Struct, frozen=True):
+    """How a run ended. ``exit_code`` is None when the job never started."""
+
+    status: Literal["succeeded", "failed"]
+    exit_code: int | None
+    started_ns: int
+    finished_ns: int
+    message: str = ""
+
+
+class Driver(Protocol):
+    """An execution backend. See the module docstring for the contract."""
+
+    name: str
+
+    async def run(self, plan: RunPlan, logs: LogSink) -> RunOutcome: ...
+
+
+def driver_for(layers: list[Layer]) -> str:
+    """The driver name that executes a layer stack: the outermost layer's kind."""
+    if not layers:
+        return "local"
+    tag = type(layers[0]).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def load_driver(name: str) -> Driver:
+    """Instantiate the driver registered under ``name``; PermanentDriverError if none."""
+    from importlib.metadata import entry_points  # ~10 ms: only a build on a miss needs it
+
+    found = {ep.name: ep for ep in entry_points(group="qwex.drivers")}
+    if name not in found:
+        have = ", ".join(sorted(found)) or "none"
+        raise PermanentDriverError(
+            f"no driver installed for layer kind {name!r} (installed drivers: {have})"
+        )
+    driver: Driver = found[name].load()()
+    return driver
