@@ -1,0 +1,3 @@
+"""The ``qwex`` command line. Thin: parse, call :mod:`qwexstore`, print."""
+
+__all__: list[str] = []

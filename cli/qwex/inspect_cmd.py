@@ -1,0 +1,123 @@
+"""``qwex show``, ``qwex log`` and ``qwex ls``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import Annotated
+
+import msgspec
+import typer
+
+
+from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
+
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _when(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@handles_errors
+def show(
+    key: Annotated[str, typer.Argument(help="A key, derivation hash or run id (or a unique prefix).")],
+    json: Json = False,
+) -> None:
+    """Show a run: its derivation, run record and outputs."""
+
+    from qwexstore.checkout import resolve_run
+    from qwexstore.store import open_store
+
+    async def go() -> None:
+        store = await open_store(store_location())
+        with open_index() as index:
+            run = await resolve_run(store, index, key)
+        record = await store.get_derivation(run.drv)
+        manifest = await store.get_manifest(run.manifest) if run.manifest else None
+        if json:
+            emit_json({
+                "run": msgspec.to_builtins(run),
+                "derivation": msgspec.to_builtins(record),
+                "outputs": msgspec.to_builtins(manifest.entries) if manifest else None,
+            })
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        d = record.derivation
+        con.print(f"[bold]{run.name}[/]  key {run.key}")
+        con.print(f"run      {run.run_id}  {run.status}  exit {run.exit_code}  "
+                  f"{human_duration(run.duration_ns)}  {_when(run.started_ns)}  {run.user}@{run.host}")
+        if run.message:
+            con.print(f"message  {run.message}")
+        con.print(f"command  {d.command}", markup=False)
+        if record.source:
+            con.print(f"source   commit {record.source.commit}  tree {d.source}")
+        if d.env.image:
+            con.print(f"image    {record.image_ref} ({d.env.image})", markup=False)
+        for k, v in sorted(d.env.vars.items()):
+            con.print(f"var      {k}={v}", markup=False)
+        for dest, inp in sorted(d.inputs.items()):
+            con.print(f"input    {dest} <- {msgspec.json.encode(inp).decode()}", markup=False)
+        for k, v in sorted(run.impure.items()):
+            con.print(f"impure   {k}={v}", markup=False)
+        if manifest:
+            t = Table("output", "size", "digest")
+            for e in manifest.entries:
+                if hasattr(e, "digest"):
+                    t.add_row(e.path, human_size(e.size), e.digest[:19])  # type: ignore[union-attr]
+                else:
+                    t.add_row(e.path, "symlink", f"-> {e.target}")  # type: ignore[union-attr]
+            con.print(t)
+
+    run_async(go)
+
+
+@handles_errors
+def log(
+    key: Annotated[str, typer.Argument(help="A key, run id, or unique prefix.")],
+    stream: Annotated[str, typer.Option("--stream", help="stdout, stderr or both.")] = "both",
+) -> None:
+    """Print the stored output of a run (the latest run of a key), failed runs included."""
+    if stream not in ("stdout", "stderr", "both"):
+        raise typer.BadParameter("--stream must be stdout, stderr or both")
+
+    from qwexstore.checkout import resolve_run
+    from qwexstore.store import open_store
+
+    async def go() -> None:
+        store = await open_store(store_location())
+        with open_index() as index:
+            run = await resolve_run(store, index, key)
+        for name, digest in (("stdout", run.stdout), ("stderr", run.stderr)):
+            if digest and stream in (name, "both"):
+                out = sys.stdout if name == "stdout" else sys.stderr
+                out.flush()
+                out.buffer.write(await store.get_blob(digest))
+                out.flush()
+
+    run_async(go)
+
+
+@handles_errors
+def ls(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs.")] = 50,
+    json: Json = False,
+) -> None:
+    """List recent runs, newest first."""
+    with open_index() as index:
+        runs = index.recent_runs(limit)
+    if json:
+        emit_json([{"run_id": rid, **msgspec.to_builtins(s)} for rid, s in runs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("key", "name", "status", "duration", "when", "run")
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
+    for rid, s in runs:
+        t.add_row(s.key[7:19], s.name, f"[{style.get(s.status, '')}]{s.status}[/]",
+                  human_duration(s.finished_ns - s.started_ns), _when(s.started_ns), rid)
+    Console().print(t)

@@ -1,0 +1,43 @@
+"""The ``qwex`` application: global options and command registration."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import build_cmd, checkout_cmd, inspect_cmd
+from ._ctx import STATE
+
+app = typer.Typer(
+    name="qwex",
+    help="Content-addressed reproducibility store for ML runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global(
+    store: Annotated[
+        str | None,
+        typer.Option("--store", envvar="QWEX_STORE", help="Store path or URL (default $QWEX_HOME/store)."),
+    ] = None,
+) -> None:
+    STATE.store_location = store
+
+
+app.command()(build_cmd.build)
+app.command(context_settings={"allow_interspersed_args": False})(build_cmd.run)
+app.command(name="hash")(build_cmd.hash)
+app.command()(inspect_cmd.show)
+app.command()(inspect_cmd.log)
+app.command()(inspect_cmd.ls)
+app.command()(checkout_cmd.checkout)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="qwex")
