@@ -25,21 +25,22 @@ import socket
 import time
 from collections.abc import Callable
 
+from .cache import LISTING, BuildResult, lookup
 from .config import qwex_home
 from .digest import hash_file
-from .driver import Driver, RunPlan, driver_for, load_driver
+from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import BuildCancelled, BuildFailed, UserError
-from .cache import LISTING, BuildResult, lookup
 from .index import Index, IndexedRealisation, RunSummary
 from .locks import KeyLock
 from .manifest import Entry, FileEntry, Manifest
 from .plan import Plan
-from .records import Realisation, RunRecord
+from .records import Realisation, RunRecord, RunStatus
 from .snapshot import take_snapshot
 from .store import Store
 from .tree import Progress, hash_entries, materialize, scan
 
 __all__ = ["base_env", "new_run_id", "realize", "scratch_dir"]
+
 
 def new_run_id() -> str:
     """A run id that sorts by start time: ``YYYYmmddTHHMMSSffffffZ-<4 hex>`` (UTC)."""
@@ -55,8 +56,9 @@ def scratch_dir(store: Store) -> str:
     return os.path.join(root, "tmp") if root else os.path.join(qwex_home(), "tmp")
 
 
-def base_env(plan: Plan, run_id: str, key: str, workdir: str,
-             environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+def base_env(
+    plan: Plan, run_id: str, key: str, workdir: str, environ: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """The job's complete environment, and its impure part (spec/runs.md, "Environment").
 
     Base: PATH (inherited; impure unless an image pins the environment), HOME and TMPDIR
@@ -64,8 +66,12 @@ def base_env(plan: Plan, run_id: str, key: str, workdir: str,
     present in ``environ``; then QWEX_RUN_ID, QWEX_RUN_DIR and QWEX_KEY.
     """
     path = environ.get("PATH", os.defpath)
-    env = {"PATH": path, "HOME": os.path.join(workdir, ".home"),
-           "TMPDIR": os.path.join(workdir, ".tmp"), "LANG": "C.UTF-8"}
+    env = {
+        "PATH": path,
+        "HOME": os.path.join(workdir, ".home"),
+        "TMPDIR": os.path.join(workdir, ".tmp"),
+        "LANG": "C.UTF-8",
+    }
     env.update(plan.derivation.env.vars)
     env.update({n: environ[n] for n in plan.drvfile.env.pass_ if n in environ})
     env.update({"QWEX_RUN_ID": run_id, "QWEX_RUN_DIR": workdir, "QWEX_KEY": key})
@@ -81,8 +87,9 @@ async def _store_inputs(store: Store, plan: Plan) -> None:
             await store.storage.put_file(store.blob_path(digest), fi.path, consume=False)
             continue
         for e in fi.manifest.files():
-            await store.storage.put_file(store.blob_path(e.digest), os.path.join(fi.path, e.path),
-                                         consume=False)
+            await store.storage.put_file(
+                store.blob_path(e.digest), os.path.join(fi.path, e.path), consume=False
+            )
     if plan.file_inputs:
         await store.storage.sync()
         for fi in plan.file_inputs:
@@ -110,8 +117,8 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
             m = fi.manifest.rebase(fi.dest)
         try:
             await materialize(store, m, workdir, link=True)
-        except UserError as e:
-            raise UserError(f"input {fi.dest!r} clashes with the source tree: {e}") from None
+        except UserError as err:
+            raise UserError(f"input {fi.dest!r} clashes with the source tree: {err}") from None
         for e in m.files():
             st = os.stat(os.path.join(workdir, e.path))
             staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)
@@ -211,9 +218,17 @@ def _indexed(r: BuildResult, created_ns: int) -> IndexedRealisation:
     return IndexedRealisation(r.manifest, r.run_id, created_ns, r.files, r.size, r.listing)
 
 
-async def _run(store: Store, index: Index, plan: Plan, driver: Driver, tmp: str,
-               on_log: Callable[[str, bytes], None], progress: Progress | None,
-               environ: dict[str, str]) -> BuildResult:
+async def _run(
+    store: Store,
+    index: Index,
+    plan: Plan,
+    driver: Driver,
+    tmp: str,
+    on_log: Callable[[str, bytes], None],
+    progress: Progress | None,
+    environ: dict[str, str],
+) -> BuildResult:
+    """Prepare, execute and record one run. The caller holds the key's lock."""
     key = plan.key
     assert plan.repo is not None and plan.commit is not None
     snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
@@ -224,23 +239,20 @@ async def _run(store: Store, index: Index, plan: Plan, driver: Driver, tmp: str,
     workdir = os.path.join(rundir, "work")
     staged = await _stage(store, plan, workdir)
     env, impure = base_env(plan, run_id, key, workdir, environ)
-    logfiles = {s: open(os.path.join(rundir, s), "wb") for s in ("stdout", "stderr")}  # noqa: SIM115
-
-    def sink(stream: str, chunk: bytes) -> None:
-        logfiles[stream].write(chunk)
-        on_log(stream, chunk)
-
-    rp = RunPlan(run_id=run_id, key=key, name=plan.name, workdir=workdir, argv=plan.derivation.command,
-                 env=env, layers=plan.layers)
+    rp = RunPlan(
+        run_id=run_id,
+        key=key,
+        name=plan.name,
+        workdir=workdir,
+        argv=plan.derivation.command,
+        env=env,
+        layers=plan.layers,
+    )
     started = time.time_ns()
-    try:
-        outcome = await driver.run(rp, sink)
-    except asyncio.CancelledError:
-        outcome = None
-    finally:
-        for f in logfiles.values():
-            f.close()
-    status = "cancelled" if outcome is None else outcome.status
+    outcome = await _execute(driver, rp, rundir, on_log)
+
+    # Decide the run's status; on success ingest the outputs (blobs, then the manifest).
+    status: RunStatus = "cancelled" if outcome is None else outcome.status
     message = "" if outcome is None else outcome.message
     manifest: Manifest | None = None
     if outcome is not None and outcome.status == "succeeded":
@@ -254,43 +266,72 @@ async def _run(store: Store, index: Index, plan: Plan, driver: Driver, tmp: str,
                 manifest = await _ingest(store, workdir, plan.derivation.outputs, progress)
             except (ValueError, UserError) as e:
                 status, message = "failed", str(e)
+
+    # Logs, then the run record, then (success only) the realisation, then the index.
     logs = {}
-    for s in ("stdout", "stderr"):
-        p = os.path.join(rundir, s)
-        logs[s] = hash_file(p)
-        await store.storage.put_file(store.blob_path(logs[s]), p, consume=True)
+    for stream in ("stdout", "stderr"):
+        path = os.path.join(rundir, stream)
+        logs[stream] = hash_file(path)
+        await store.storage.put_file(store.blob_path(logs[stream]), path, consume=True)
     await store.storage.sync()
-    finished = outcome.finished_ns if outcome is not None else time.time_ns()
     run = RunRecord(
-        run_id=run_id, key=key, drv=drv_hash, name=plan.name, status=status,  # type: ignore[arg-type]
+        run_id=run_id,
+        key=key,
+        drv=drv_hash,
+        name=plan.name,
+        status=status,
         exit_code=None if outcome is None else outcome.exit_code,
-        started_ns=outcome.started_ns if outcome is not None else started, finished_ns=finished,
-        host=socket.gethostname(), user=environ.get("USER", str(os.getuid())), driver=driver.name,
-        stdout=logs["stdout"], stderr=logs["stderr"],
-        manifest=manifest.digest() if manifest is not None else None, impure=impure, message=message,
+        started_ns=started if outcome is None else outcome.started_ns,
+        finished_ns=time.time_ns() if outcome is None else outcome.finished_ns,
+        host=socket.gethostname(),
+        user=environ.get("USER", str(os.getuid())),
+        driver=driver.name,
+        stdout=logs["stdout"],
+        stderr=logs["stderr"],
+        manifest=None if manifest is None else manifest.digest(),
+        impure=impure,
+        message=message,
     )
     await store.put_run(run)
-    summary = RunSummary(key, plan.name, status, run.exit_code, run.started_ns, run.finished_ns)
     result: BuildResult | None = None
+    created = time.time_ns()
     if manifest is not None:
         await store.storage.sync()
-        created = time.time_ns()
-        await store.put_realisation(Realisation(key=key, manifest=manifest.digest(), run_id=run_id,
-                                                created_ns=created))
+        await store.put_realisation(
+            Realisation(key=key, manifest=manifest.digest(), run_id=run_id, created_ns=created)
+        )
         await store.storage.sync()
         result = _result(key, False, run_id, manifest.digest(), manifest)
     with index.writer() as w:
-        w.run(run_id, summary)
+        w.run(run_id, RunSummary(key, plan.name, status, run.exit_code, run.started_ns, run.finished_ns))
         w.derivation(drv_hash, plan.name)
         if result is not None:
             w.realisation(key, _indexed(result, created))
-    if result is not None or status == "failed":
-        shutil.rmtree(rundir, ignore_errors=True)
+    shutil.rmtree(rundir, ignore_errors=True)
     if outcome is None:
-        shutil.rmtree(rundir, ignore_errors=True)
         raise BuildCancelled(run_id)
     if result is None:
-        code = outcome.exit_code
-        shown = message or f"command exited with status {code}"
-        raise BuildFailed(f"{plan.name}: {shown} (run {run_id}; see `qwex log {run_id}`)", code, run_id)
+        shown = message or f"command exited with status {outcome.exit_code}"
+        raise BuildFailed(
+            f"{plan.name}: {shown} (run {run_id}; see `qwex log {run_id}`)", outcome.exit_code, run_id
+        )
     return result
+
+
+async def _execute(
+    driver: Driver, rp: RunPlan, rundir: str, on_log: Callable[[str, bytes], None]
+) -> RunOutcome | None:
+    """Run the driver, teeing output to ``rundir/stdout|stderr``; None if cancelled."""
+    files = {s: open(os.path.join(rundir, s), "wb") for s in ("stdout", "stderr")}  # noqa: SIM115
+
+    def sink(stream: str, chunk: bytes) -> None:
+        files[stream].write(chunk)
+        on_log(stream, chunk)
+
+    try:
+        return await driver.run(rp, sink)
+    except asyncio.CancelledError:
+        return None
+    finally:
+        for f in files.values():
+            f.close()

@@ -33,5 +33,4 @@ def lookup(index: Index, key: str) -> BuildResult | None:
     hit = index.realisation(key)
     if hit is None:
         return None
-    return BuildResult(key, True, hit.run_id, hit.manifest, hit.files, hit.size,
-                       [tuple(x) for x in hit.listing])  # type: ignore[misc]
+    return BuildResult(key, True, hit.run_id, hit.manifest, hit.files, hit.size, list(hit.listing))

@@ -47,7 +47,9 @@ async def resolve_run(store: Store, index: Index, prefix: str) -> RunRecord:
     return await store.get_run(real.run_id)
 
 
-async def checkout(store: Store, index: Index, prefix: str, dest: str, *, copy: bool = False) -> CheckoutResult:
+async def checkout(
+    store: Store, index: Index, prefix: str, dest: str, *, copy: bool = False
+) -> CheckoutResult:
     """Write the run's source and outputs to ``dest`` (absent or an empty directory)."""
     dest = os.path.abspath(dest)
     if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):

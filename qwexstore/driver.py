@@ -77,8 +77,6 @@ def load_driver(name: str) -> Driver:
     found = {ep.name: ep for ep in entry_points(group="qwex.drivers")}
     if name not in found:
         have = ", ".join(sorted(found)) or "none"
-        raise PermanentDriverError(
-            f"no driver installed for layer kind {name!r} (installed drivers: {have})"
-        )
+        raise PermanentDriverError(f"no driver installed for layer kind {name!r} (installed drivers: {have})")
     driver: Driver = found[name].load()()
     return driver

@@ -42,6 +42,5 @@ def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str) -> st
     if allow_unpinned:
         return f"unpinned:{ref}"
     raise UserError(
-        f"{where}: image {ref!r} is not pinned by digest; use {ref}@sha256:<digest> "
-        "or pass --allow-unpinned"
+        f"{where}: image {ref!r} is not pinned by digest; use {ref}@sha256:<digest> or pass --allow-unpinned"
     )

@@ -72,7 +72,11 @@ class StatEntry(msgspec.Struct, array_like=True):
 
     def matches(self, st: os.stat_result) -> bool:
         return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns) == (
-            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
         )
 
 
@@ -128,11 +132,7 @@ class Index:
     def runs_of(self, key: str) -> list[tuple[str, RunSummary]]:
         """Every indexed run of a key, oldest first (a scan: used by ``show``/``log``)."""
         with self.env.begin(db=self._db["runs"]) as txn:
-            return [
-                (k.decode(), s)
-                for k, v in txn.cursor()
-                if (s := _run_dec.decode(v)).key == key
-            ]
+            return [(k.decode(), s) for k, v in txn.cursor() if (s := _run_dec.decode(v)).key == key]
 
     def snapshot_of(self, commit: str) -> str | None:
         with self.env.begin(db=self._db["snap"]) as txn:
@@ -148,7 +148,9 @@ class Index:
         with self.env.begin(db=self._db["drv"]) as txn:
             return txn.get(hex_of(digest).encode()) is not None
 
-    def resolve_prefix(self, prefix: str, kinds: tuple[str, ...] = ("real", "drv", "runs")) -> tuple[str, str]:
+    def resolve_prefix(
+        self, prefix: str, kinds: tuple[str, ...] = ("real", "drv", "runs")
+    ) -> tuple[str, str]:
         """Find the one key, derivation hash or run id starting with ``prefix``.
 
         Accepts ``blake3:`` prefixed or bare hex. Returns (kind, full id) where kind is
@@ -177,10 +179,8 @@ class Index:
             raise KeyLookupError(prefix, f"no key, derivation or run matches {prefix!r}")
         if len(found) > 1:
             shown = ", ".join(sorted(found)[:5])
-            raise KeyLookupError(
-                prefix, f"{prefix!r} is ambiguous; it matches {shown}", tuple(sorted(found))
-            )
-        (full, kind), = found.items()
+            raise KeyLookupError(prefix, f"{prefix!r} is ambiguous; it matches {shown}", tuple(sorted(found)))
+        ((full, kind),) = found.items()
         return kind, full
 
     def count(self, db: str) -> int:

@@ -32,7 +32,7 @@ __all__ = [
 _OPTS = {"tag_field": "kind", "forbid_unknown_fields": True, "kw_only": True}
 
 
-class _LayerBase(msgspec.Struct, **_OPTS):  # type: ignore[call-arg]
+class _LayerBase(msgspec.Struct, **_OPTS):
     """Common shape: ``identity_fields`` lists the fields that enter the key."""
 
     identity_fields: ClassVar[tuple[str, ...]] = ()

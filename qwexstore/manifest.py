@@ -114,6 +114,4 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True):
         if prefix in ("", "."):
             return self
         check_relpath(prefix)
-        return Manifest(
-            [msgspec.structs.replace(e, path=f"{prefix}/{e.path}") for e in self.entries]
-        )
+        return Manifest([msgspec.structs.replace(e, path=f"{prefix}/{e.path}") for e in self.entries])

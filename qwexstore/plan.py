@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 from .config import apply_runner, load_config
-from .derivation import BlobInput, Derivation, DrvInput, Env, Input, TreeInput
+from .derivation import BlobInput, Derivation, Env, Input, TreeInput
 from .drvfile import DrvFile, parse_drv_file
 from .errors import DrvFileError, SourceError, UserError
 from .globs import Selector
@@ -28,7 +28,7 @@ from .layers import (
     SingularityIdentity,
     SingularityLayer,
 )
-from .manifest import Manifest
+from .manifest import FileEntry, Manifest
 from .records import DerivationRecord, SourceRef
 from .source import Repo, SourceTree, find_repo
 from .tree import hash_entries, scan
@@ -74,11 +74,14 @@ class Plan(msgspec.Struct):
         src = None
         if self.commit is not None and snapshot is not None:
             spec = self.drvfile.source
-            src = SourceRef(commit=self.commit, snapshot=snapshot, include=spec.include,
-                            exclude=spec.exclude)
+            src = SourceRef(commit=self.commit, snapshot=snapshot, include=spec.include, exclude=spec.exclude)
         return DerivationRecord(
-            name=self.name, derivation=self.derivation, source=src, image_ref=self.image_ref,
-            layers=self.layers, pass_env=self.drvfile.env.pass_,
+            name=self.name,
+            derivation=self.derivation,
+            source=src,
+            image_ref=self.image_ref,
+            layers=self.layers,
+            pass_env=self.drvfile.env.pass_,
         )
 
 
@@ -87,7 +90,9 @@ def _layer_identity(layer: Layer, base: str, allow_unpinned: bool, i: int) -> La
     if isinstance(layer, SingularityLayer):
         return SingularityIdentity(
             image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where),
-            contain=layer.contain, cleanenv=layer.cleanenv, args=layer.args,
+            contain=layer.contain,
+            cleanenv=layer.cleanenv,
+            args=layer.args,
         )
     if isinstance(layer, KueueLayer):
         return KueueIdentity(image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where))
@@ -102,15 +107,20 @@ def _file_input(dest: str, path: str, index: Index | None, drv_path: str) -> Fil
     if stat.S_ISDIR(st.st_mode):
         entries = hash_entries(list(scan(path)), index)
         manifest = Manifest.of(entries)
-        return FileInput(dest=dest, path=path, kind="tree",
-                         input=TreeInput(manifest=manifest.digest()), manifest=manifest)
+        return FileInput(
+            dest=dest, path=path, kind="tree", input=TreeInput(manifest=manifest.digest()), manifest=manifest
+        )
     if not stat.S_ISREG(st.st_mode):
         raise DrvFileError(drv_path, f"input is not a file or directory: {path}", f"inputs.{dest!r}")
     (entry,) = hash_entries(list(scan(os.path.dirname(path), os.path.basename(path))), index)
-    assert not isinstance(entry, str) and hasattr(entry, "digest")
-    return FileInput(dest=dest, path=path, kind="blob",
-                     input=BlobInput(digest=entry.digest, executable=entry.executable),
-                     manifest=None)
+    assert isinstance(entry, FileEntry)  # os.stat above followed any symlink to a file
+    return FileInput(
+        dest=dest,
+        path=path,
+        kind="blob",
+        input=BlobInput(digest=entry.digest, executable=entry.executable),
+        manifest=None,
+    )
 
 
 def plan_file(
@@ -125,8 +135,9 @@ def plan_file(
     drv_path = os.path.abspath(drv_path)
     df = parse_drv_file(drv_path)
     base = os.path.dirname(drv_path)
-    return plan_parsed(df, drv_path, base, index, allow_dirty=allow_dirty,
-                       allow_unpinned=allow_unpinned, runner=runner)
+    return plan_parsed(
+        df, drv_path, base, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner
+    )
 
 
 def plan_parsed(
@@ -164,8 +175,11 @@ def plan_parsed(
     tree = repo.tree(commit, selector)
 
     # Environment and layers
-    image = (image_id(df.env.image, base, allow_unpinned=allow_unpinned, where="env.image")
-             if df.env.image else None)
+    image = (
+        image_id(df.env.image, base, allow_unpinned=allow_unpinned, where="env.image")
+        if df.env.image
+        else None
+    )
     layers: list[Layer] = list(df.layers)
     if runner is not None:
         cfg = load_config(root)
@@ -173,8 +187,11 @@ def plan_parsed(
             known = ", ".join(sorted(cfg.runners)) or "none configured"
             raise UserError(f"unknown runner {runner!r} (known: {known})")
         layers = apply_runner(layers, cfg.runners[runner], runner)
-    idents = [x for i, layer in enumerate(layers)
-              if (x := _layer_identity(layer, base, allow_unpinned, i)) is not None]
+    idents = [
+        x
+        for i, layer in enumerate(layers)
+        if (x := _layer_identity(layer, base, allow_unpinned, i)) is not None
+    ]
 
     # Inputs
     inputs: dict[str, Input] = {}
@@ -188,7 +205,8 @@ def plan_parsed(
             inputs[d] = fi.input
         else:
             raise DrvFileError(
-                drv_path, f"{spec!r}: drv: inputs (pipelines) are not supported by this version yet",
+                drv_path,
+                f"{spec!r}: drv: inputs (pipelines) are not supported by this version yet",
                 f"inputs.{dest!r}",
             )
     derivation = Derivation(
@@ -200,9 +218,17 @@ def plan_parsed(
         outputs=sorted(set(df.outputs)),
     )
     name = df.name or os.path.splitext(os.path.basename(drv_path))[0]
-    _ = DrvInput  # drv inputs are spec'd; planning them lands with pipelines
     return Plan(
-        drv_path=drv_path, name=name, drvfile=df, repo=repo, commit=commit, tree=tree,
-        selector=selector, derivation=derivation, image_ref=df.env.image, layers=layers,
-        file_inputs=file_inputs, dirty_snapshot=dirty_snapshot,
+        drv_path=drv_path,
+        name=name,
+        drvfile=df,
+        repo=repo,
+        commit=commit,
+        tree=tree,
+        selector=selector,
+        derivation=derivation,
+        image_ref=df.env.image,
+        layers=layers,
+        file_inputs=file_inputs,
+        dirty_snapshot=dirty_snapshot,
     )

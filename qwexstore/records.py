@@ -44,8 +44,7 @@ class SourceRef(msgspec.Struct, forbid_unknown_fields=True):
     exclude: list[str]
 
 
-class DerivationRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.drv/1",
-                       tag_field="format"):
+class DerivationRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.drv/1", tag_field="format"):
     """A derivation plus what is needed to run it again. Stored under ``derivation.hash()``."""
 
     name: str
@@ -75,8 +74,7 @@ class Snapshot(msgspec.Struct, forbid_unknown_fields=True):
         return hash_tagged("snapshot", self.canonical())
 
 
-class RunRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.run/1",
-                tag_field="format"):
+class RunRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.run/1", tag_field="format"):
     """One execution of a derivation, whatever its outcome.
 
     ``impure`` holds environment facts that reached the job but are not in the key (PATH
@@ -113,8 +111,7 @@ class Signature(msgspec.Struct, forbid_unknown_fields=True):
     sig: str
 
 
-class Realisation(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.realisation/1",
-                  tag_field="format"):
+class Realisation(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.realisation/1", tag_field="format"):
     """Key -> output manifest. Written only after every object it names exists."""
 
     key: Digest

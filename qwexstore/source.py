@@ -117,8 +117,7 @@ class Repo:
                 continue
             if mode == _GITLINK:
                 raise SourceError(
-                    f"submodule {path} is selected; submodules are not supported: "
-                    "add it to [source] exclude"
+                    f"submodule {path} is selected; submodules are not supported: add it to [source] exclude"
                 )
             entries.append(SourceEntry(path=path, mode=mode, oid=f"git-sha1:{oid}"))
         entries.sort(key=lambda e: e.path)
@@ -163,9 +162,11 @@ class Repo:
         revs = "".join([f"{commit}\n", *(f"^{c}\n" for c in exclude)]).encode()
         with open(dest, "wb") as f:
             proc = subprocess.run(
-                ["git", "-C", self.root, "pack-objects", "--revs", "--stdout", "-q",
-                 "--delta-base-offset"],
-                input=revs, stdout=f, stderr=subprocess.PIPE, check=False,
+                ["git", "-C", self.root, "pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset"],
+                input=revs,
+                stdout=f,
+                stderr=subprocess.PIPE,
+                check=False,
             )
         if proc.returncode != 0:
             raise SourceError(f"git pack-objects failed: {proc.stderr.decode(errors='replace').strip()}")
@@ -180,8 +181,15 @@ class Repo:
         try:
             _git(self.root, "read-tree", commit, env=env)
             stdin = b"\0".join(p.encode("utf-8", errors="surrogateescape") for p in paths) + b"\0"
-            _git(self.root, "checkout-index", "-z", "--stdin", f"--prefix={dest.rstrip('/')}/",
-                 input=stdin, env=env)
+            _git(
+                self.root,
+                "checkout-index",
+                "-z",
+                "--stdin",
+                f"--prefix={dest.rstrip('/')}/",
+                input=stdin,
+                env=env,
+            )
         finally:
             if os.path.exists(idx):
                 os.unlink(idx)

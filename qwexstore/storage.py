@@ -13,16 +13,19 @@ calls are cheap enough to run inline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from .errors import ObjectNotFound, StoreError
+
+T = TypeVar("T")
 
 __all__ = ["Capabilities", "FsspecStorage", "LocalStorage", "Storage", "open_storage"]
 
@@ -92,7 +95,7 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
-async def _in_thread(fn: Any, *args: Any) -> Any:
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     import asyncio
 
     return await asyncio.to_thread(fn, *args)
@@ -190,10 +193,8 @@ class LocalStorage:
         return out
 
     async def delete(self, path: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._abs(path))
-        except FileNotFoundError:
-            pass
 
     async def sync(self) -> None:
         _syncfs(self.root)
@@ -260,10 +261,8 @@ class FsspecStorage:
 
     async def delete(self, path: str) -> None:
         def work() -> None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(self._abs(path))
-            except FileNotFoundError:
-                pass
 
         await _in_thread(work)
 

@@ -93,8 +93,9 @@ def hash_entries(
             done += s.st.st_size
             progress(done, total)
         entries.append(
-            FileEntry(path=s.path, size=s.st.st_size, digest=digest,
-                      executable=bool(s.st.st_mode & stat.S_IXUSR))
+            FileEntry(
+                path=s.path, size=s.st.st_size, digest=digest, executable=bool(s.st.st_mode & stat.S_IXUSR)
+            )
         )
     if index is not None and fresh:
         with index.writer() as w:

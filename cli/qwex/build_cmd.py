@@ -15,16 +15,29 @@ from qwexstore.plan import Plan, plan_file, plan_parsed
 
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
 
-AllowDirty = Annotated[bool, typer.Option("--allow-dirty", help="Snapshot uncommitted changes to tracked files.")]
-AllowUnpinned = Annotated[bool, typer.Option("--allow-unpinned", help="Accept an image tag not pinned by digest.")]
+AllowDirty = Annotated[
+    bool, typer.Option("--allow-dirty", help="Snapshot uncommitted changes to tracked files.")
+]
+AllowUnpinned = Annotated[
+    bool, typer.Option("--allow-unpinned", help="Accept an image tag not pinned by digest.")
+]
 Runner = Annotated[str | None, typer.Option("--runner", help="Placement from a named runner in config.")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _print_result(r: BuildResult, as_json: bool, elapsed_ns: int | None = None) -> None:
     if as_json:
-        emit_json({"key": r.key, "cached": r.cached, "run_id": r.run_id, "manifest": r.manifest,
-                   "files": r.files, "size": r.size, "outputs": [p for p, _ in r.listing]})
+        emit_json(
+            {
+                "key": r.key,
+                "cached": r.cached,
+                "run_id": r.run_id,
+                "manifest": r.manifest,
+                "files": r.files,
+                "size": r.size,
+                "outputs": [p for p, _ in r.listing],
+            }
+        )
         return
     how = "cached" if r.cached else "built" + (f" in {human_duration(elapsed_ns)}" if elapsed_ns else "")
     print(f"key      {r.key}")
@@ -105,7 +118,9 @@ def build(
 @handles_errors
 def run(
     command: Annotated[list[str], typer.Argument(help="The command and its arguments, after --.")],
-    output: Annotated[list[str] | None, typer.Option("--output", "-o", help="Output path/glob (default out/).")] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", "-o", help="Output path/glob (default out/).")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="A label for the run.")] = None,
     allow_dirty: AllowDirty = False,
     json: Json = False,
@@ -114,13 +129,20 @@ def run(
     df = DrvFile(command=command, name=name or os.path.basename(command[0]), outputs=output or ["out/"])
     cwd = os.getcwd()
     with open_index() as index:
-        plan = plan_parsed(df, os.path.join(cwd, "(qwex run)"), cwd, index, allow_dirty=allow_dirty,
-                           allow_unpinned=False, runner=None)
+        plan = plan_parsed(
+            df,
+            os.path.join(cwd, "(qwex run)"),
+            cwd,
+            index,
+            allow_dirty=allow_dirty,
+            allow_unpinned=False,
+            runner=None,
+        )
         _build(plan, index, json)
 
 
 @handles_errors
-def hash(  # noqa: A001 - the command is called hash
+def hash(
     drv: Annotated[str, typer.Argument(help="The derivation file.")],
     allow_dirty: AllowDirty = False,
     allow_unpinned: AllowUnpinned = False,
@@ -133,7 +155,12 @@ def hash(  # noqa: A001 - the command is called hash
     if json:
         import msgspec
 
-        emit_json({"key": plan.key, "name": plan.name,
-                   "derivation": msgspec.json.decode(plan.derivation.canonical())})
+        emit_json(
+            {
+                "key": plan.key,
+                "name": plan.name,
+                "derivation": msgspec.json.decode(plan.derivation.canonical()),
+            }
+        )
     else:
         print(plan.key)

@@ -9,7 +9,6 @@ from typing import Annotated
 import msgspec
 import typer
 
-
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -36,11 +35,13 @@ def show(
         record = await store.get_derivation(run.drv)
         manifest = await store.get_manifest(run.manifest) if run.manifest else None
         if json:
-            emit_json({
-                "run": msgspec.to_builtins(run),
-                "derivation": msgspec.to_builtins(record),
-                "outputs": msgspec.to_builtins(manifest.entries) if manifest else None,
-            })
+            emit_json(
+                {
+                    "run": msgspec.to_builtins(run),
+                    "derivation": msgspec.to_builtins(record),
+                    "outputs": msgspec.to_builtins(manifest.entries) if manifest else None,
+                }
+            )
             return
         from rich.console import Console
         from rich.table import Table
@@ -48,8 +49,10 @@ def show(
         con = Console()
         d = record.derivation
         con.print(f"[bold]{run.name}[/]  key {run.key}")
-        con.print(f"run      {run.run_id}  {run.status}  exit {run.exit_code}  "
-                  f"{human_duration(run.duration_ns)}  {_when(run.started_ns)}  {run.user}@{run.host}")
+        con.print(
+            f"run      {run.run_id}  {run.status}  exit {run.exit_code}  "
+            f"{human_duration(run.duration_ns)}  {_when(run.started_ns)}  {run.user}@{run.host}"
+        )
         if run.message:
             con.print(f"message  {run.message}")
         con.print(f"command  {d.command}", markup=False)
@@ -118,6 +121,12 @@ def ls(
     t = Table("key", "name", "status", "duration", "when", "run")
     style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}
     for rid, s in runs:
-        t.add_row(s.key[7:19], s.name, f"[{style.get(s.status, '')}]{s.status}[/]",
-                  human_duration(s.finished_ns - s.started_ns), _when(s.started_ns), rid)
+        t.add_row(
+            s.key[7:19],
+            s.name,
+            f"[{style.get(s.status, '')}]{s.status}[/]",
+            human_duration(s.finished_ns - s.started_ns),
+            _when(s.started_ns),
+            rid,
+        )
     Console().print(t)
