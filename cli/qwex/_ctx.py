@@ -58,6 +58,12 @@ def handles_errors(fn: F) -> F:
             raise SystemExit(130) from None
         except BrokenPipeError:
             raise SystemExit(1) from None
+        except Exception as e:  # a bug: still one line, with the traceback on request
+            if os.environ.get("QWEX_DEBUG"):
+                raise
+            print(f"qwex: internal error: {type(e).__name__}: {e} (QWEX_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+            raise SystemExit(70) from None
 
     return wrapper  # type: ignore[return-value]
 

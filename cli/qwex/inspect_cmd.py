@@ -113,7 +113,11 @@ def ls(
     with open_index() as index:
         runs = index.recent_runs(limit)
     if json:
-        emit_json([{"run_id": rid, **msgspec.to_builtins(s)} for rid, s in runs])
+        emit_json([
+            {"run_id": rid, "key": s.key, "name": s.name, "status": s.status, "exit_code": s.exit_code,
+             "started_ns": s.started_ns, "finished_ns": s.finished_ns}
+            for rid, s in runs
+        ])
         return
     from rich.console import Console
     from rich.table import Table

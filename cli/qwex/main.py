@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import build_cmd, checkout_cmd, inspect_cmd
+from . import build_cmd, checkout_cmd, index_cmd, inspect_cmd
 from ._ctx import STATE
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command()(inspect_cmd.show)
 app.command()(inspect_cmd.log)
 app.command()(inspect_cmd.ls)
 app.command()(checkout_cmd.checkout)
+app.add_typer(index_cmd.app, name="index")
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+"""Rebuild the local index from the store (spec/index.md, "Rebuilding").
+
+The store is the truth; the index only accelerates it. :func:`rebuild_index` empties every
+sub-database except the stat cache (a local hint about files outside the store) and fills
+them again from the store's records, in one write transaction: a crash midway leaves the
+old index untouched.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .cache import LISTING
+from .derivation import derivation_hash
+from .digest import is_digest
+from .index import Index, IndexedRealisation, RunSummary
+from .store import Store
+
+__all__ = ["RebuildReport", "rebuild_index"]
+
+
+class RebuildReport(msgspec.Struct):
+    realisations: int
+    runs: int
+    derivations: int
+    snapshots: int
+
+
+def _digest_of(path: str) -> str | None:
+    """``kind/ab/<hex>`` -> ``blake3:<hex>``; None for names that are not objects."""
+    name = path.rsplit("/", 1)[-1]
+    d = f"blake3:{name}"
+    return d if is_digest(d) else None
+
+
+async def rebuild_index(store: Store, index: Index) -> RebuildReport:
+    """Re-derive the index's realisations, runs, derivations and snapshots from the store."""
+    reals: list[tuple[str, IndexedRealisation]] = []
+    for path in await store.storage.list("realisations"):
+        key = _digest_of(path)
+        if key is None:
+            continue
+        real = await store.get_realisation(key)
+        if real is None:
+            continue
+        m = await store.get_manifest(real.manifest)
+        files = m.files()
+        listing = [(e.path, e.size) for e in files[:LISTING]]
+        reals.append((key, IndexedRealisation(real.manifest, real.run_id, real.created_ns,
+                                              len(files), m.total_size(), listing)))
+    runs: list[tuple[str, RunSummary]] = []
+    for path in await store.storage.list("runs"):
+        run = await store.get_run(path.rsplit("/", 1)[-1])
+        runs.append((run.run_id, RunSummary(run.key, run.name, run.status, run.exit_code,
+                                            run.started_ns, run.finished_ns)))
+    drvs: list[tuple[str, str]] = []
+    for path in await store.storage.list("derivations"):
+        digest = _digest_of(path)
+        if digest is None:
+            continue
+        record = await store.get_derivation(digest)
+        drvs.append((derivation_hash(record.derivation), record.name))
+    snaps: list[tuple[str, str]] = []
+    for path in await store.storage.list("snapshots"):
+        digest = _digest_of(path)
+        if digest is None:
+            continue
+        snaps.append(((await store.get_snapshot(digest)).commit, digest))
+    with index.writer() as w:
+        w.drop_all()
+        for key, value in reals:
+            w.realisation(key, value)
+        for run_id, summary in runs:
+            w.run(run_id, summary)
+        for digest, name in drvs:
+            w.derivation(digest, name)
+        for commit, digest in snaps:
+            w.snapshot(commit, digest)
+    return RebuildReport(len(reals), len(runs), len(drvs), len(snaps))
