@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from .cache import LISTING, BuildResult, lookup
 from .config import qwex_home
+from .derivation import TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import BuildCancelled, BuildFailed, UserError
@@ -119,6 +120,19 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
             await materialize(store, m, workdir, link=True)
         except UserError as err:
             raise UserError(f"input {fi.dest!r} clashes with the source tree: {err}") from None
+        for e in m.files():
+            st = os.stat(os.path.join(workdir, e.path))
+            staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)
+    from_files = {fi.dest for fi in plan.file_inputs}
+    for dest, inp in sorted(plan.derivation.inputs.items()):
+        if dest in from_files or not isinstance(inp, TreeInput):
+            continue
+        # An upstream's outputs: under ``dest``, or overlaid at their own paths for ".".
+        m = (await store.get_manifest(inp.manifest)).rebase(dest)
+        try:
+            await materialize(store, m, workdir, link=True)
+        except UserError as err:
+            raise UserError(f"{plan.drv_path}: input {dest!r} clashes with another file: {err}") from None
         for e in m.files():
             st = os.stat(os.path.join(workdir, e.path))
             staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)

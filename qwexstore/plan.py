@@ -14,7 +14,8 @@ from typing import Literal
 import msgspec
 
 from .config import apply_runner, load_config
-from .derivation import BlobInput, Derivation, Env, Input, TreeInput
+from .derivation import BlobInput, Derivation, DrvInput, Env, Input, TreeInput
+from .digest import is_digest
 from .drvfile import DrvFile, parse_drv_file
 from .errors import DrvFileError, SourceError, UserError
 from .globs import Selector
@@ -61,12 +62,13 @@ class Plan(msgspec.Struct):
     layers: list[Layer]
     file_inputs: list[FileInput]
     dirty_snapshot: bool
+    upstreams: dict[str, Plan] = msgspec.field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """The build key (the hash of the resolved derivation)."""
         if not self.derivation.is_resolved():
-            raise UserError(f"{self.drv_path}: drv: inputs must be built first")
+            raise UserError(f"{self.drv_path}: its drv: inputs are not built yet")
         return self.derivation.hash()
 
     def record(self, snapshot: str | None) -> DerivationRecord:
@@ -130,13 +132,25 @@ def plan_file(
     allow_dirty: bool = False,
     allow_unpinned: bool = False,
     runner: str | None = None,
+    _stack: tuple[str, ...] = (),
 ) -> Plan:
-    """Parse, select, hash. Raises UserError subclasses for every bad input."""
+    """Parse, select, hash; plan ``drv:`` upstreams recursively. Raises UserError subclasses
+    for every bad input; DrvFileError naming the cycle if the files form one."""
     drv_path = os.path.abspath(drv_path)
+    if drv_path in _stack:
+        cycle = " -> ".join(os.path.basename(p) for p in (*_stack[_stack.index(drv_path) :], drv_path))
+        raise DrvFileError(drv_path, f"dependency cycle: {cycle}", "inputs")
     df = parse_drv_file(drv_path)
     base = os.path.dirname(drv_path)
     return plan_parsed(
-        df, drv_path, base, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner
+        df,
+        drv_path,
+        base,
+        index,
+        allow_dirty=allow_dirty,
+        allow_unpinned=allow_unpinned,
+        runner=runner,
+        _stack=(*_stack, drv_path),
     )
 
 
@@ -149,6 +163,7 @@ def plan_parsed(
     allow_dirty: bool,
     allow_unpinned: bool,
     runner: str | None,
+    _stack: tuple[str, ...] = (),
 ) -> Plan:
     """Plan an already-parsed derivation file whose relative paths start at ``base``."""
     # Source
@@ -196,6 +211,7 @@ def plan_parsed(
     # Inputs
     inputs: dict[str, Input] = {}
     file_inputs: list[FileInput] = []
+    upstreams: dict[str, Plan] = {}
     for dest, spec in sorted(df.inputs.items()):
         kind, _, ref = spec.partition(":")
         d = "." if dest == "." else dest.rstrip("/")
@@ -203,12 +219,19 @@ def plan_parsed(
             fi = _file_input(d, os.path.normpath(os.path.join(base, ref)), index, drv_path)
             file_inputs.append(fi)
             inputs[d] = fi.input
+        elif is_digest(ref):
+            inputs[d] = DrvInput(drv=ref)
         else:
-            raise DrvFileError(
-                drv_path,
-                f"{spec!r}: drv: inputs (pipelines) are not supported by this version yet",
-                f"inputs.{dest!r}",
+            up = plan_file(
+                os.path.join(base, ref),
+                index,
+                allow_dirty=allow_dirty,
+                allow_unpinned=allow_unpinned,
+                runner=runner,
+                _stack=_stack,
             )
+            upstreams[d] = up
+            inputs[d] = DrvInput(drv=up.derivation.hash())
     derivation = Derivation(
         source=tree.digest(),
         command=df.argv,
@@ -231,4 +254,5 @@ def plan_parsed(
         layers=layers,
         file_inputs=file_inputs,
         dirty_snapshot=dirty_snapshot,
+        upstreams=upstreams,
     )

@@ -10,6 +10,7 @@ import typer
 
 from qwexstore.cache import BuildResult, lookup
 from qwexstore.drvfile import DrvFile
+from qwexstore.errors import UserError
 from qwexstore.index import Index
 from qwexstore.plan import Plan, plan_file, plan_parsed
 
@@ -73,13 +74,17 @@ class _IngestProgress:
 
 
 def _build(plan: Plan, index: Index, as_json: bool) -> None:
-    hit = lookup(index, plan.key)
+    from qwexstore.graph import try_resolve
+
+    resolved = try_resolve(plan, index)
+    hit = lookup(index, resolved.key) if resolved is not None else None
     if hit is not None:
         _print_result(hit, as_json)
         return
     import time
 
     from qwexstore.build import realize
+    from qwexstore.graph import realize_graph
     from qwexstore.store import open_store
 
     def on_log(stream: str, chunk: bytes) -> None:
@@ -87,15 +92,26 @@ def _build(plan: Plan, index: Index, as_json: bool) -> None:
         out.buffer.write(chunk)
         out.flush()
 
-    def on_wait(owner: str) -> None:
-        print(f"qwex: {plan.name}: waiting for {owner}, which is building {plan.key}", file=sys.stderr)
-
     async def go() -> BuildResult:
         store = await open_store(store_location())
-        return await realize(store, index, plan, on_log=on_log, on_wait=on_wait, progress=_IngestProgress())
 
-    if not as_json:
-        print(f"qwex: building {plan.name} ({plan.key})", file=sys.stderr)
+        async def build_one(node: Plan) -> BuildResult:
+            def on_wait(owner: str) -> None:
+                print(
+                    f"qwex: {node.name}: waiting for {owner}, which is building {node.key}", file=sys.stderr
+                )
+
+            hit = lookup(index, node.key)
+            if hit is None and not as_json:
+                print(f"qwex: building {node.name} ({node.key})", file=sys.stderr)
+            elif hit is not None and not as_json and node is not plan:
+                print(f"qwex: {node.name} cached ({node.key})", file=sys.stderr)
+            return await realize(
+                store, index, node, on_log=on_log, on_wait=on_wait, progress=_IngestProgress()
+            )
+
+        return await realize_graph(plan, index, build_one)
+
     t0 = time.monotonic_ns()
     result = run_async(go)
     _print_result(result, as_json, None if result.cached else time.monotonic_ns() - t0)
@@ -150,8 +166,17 @@ def hash(
     json: Json = False,
 ) -> None:
     """Print a derivation's key without building it."""
+    from qwexstore.graph import try_resolve
+
     with open_index() as index:
         plan = plan_file(drv, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
+        resolved = try_resolve(plan, index)
+    if resolved is None:
+        raise UserError(
+            f"{drv}: its key depends on the outputs of drv: inputs that are not built yet "
+            f"(derivation hash {plan.derivation.hash()}); build them first"
+        )
+    plan = resolved
     if json:
         import msgspec
 
