@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from .cache import LISTING, BuildResult, lookup
 from .config import qwex_home
-from .derivation import TreeInput
+from .derivation import BlobInput, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import BuildCancelled, BuildFailed, UserError
@@ -110,25 +110,14 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
     assert plan.repo is not None and plan.commit is not None and plan.tree is not None
     plan.repo.stage(plan.commit, plan.tree.paths(), workdir)
     staged: Staged = {}
-    for fi in plan.file_inputs:
-        if fi.manifest is None:
-            digest = fi.input.digest  # type: ignore[union-attr]
-            m = Manifest([FileEntry(path=fi.dest, size=0, digest=digest)])
-        else:
-            m = fi.manifest.rebase(fi.dest)
-        try:
-            await materialize(store, m, workdir, link=True)
-        except UserError as err:
-            raise UserError(f"input {fi.dest!r} clashes with the source tree: {err}") from None
-        for e in m.files():
-            st = os.stat(os.path.join(workdir, e.path))
-            staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)
-    from_files = {fi.dest for fi in plan.file_inputs}
     for dest, inp in sorted(plan.derivation.inputs.items()):
-        if dest in from_files or not isinstance(inp, TreeInput):
-            continue
-        # An upstream's outputs: under ``dest``, or overlaid at their own paths for ".".
-        m = (await store.get_manifest(inp.manifest)).rebase(dest)
+        # Every input is a tree under ``dest`` ("." overlays it at its own paths).
+        if isinstance(inp, BlobInput):
+            m = Manifest([FileEntry(path=dest, size=0, digest=inp.digest, executable=inp.executable)])
+        elif isinstance(inp, TreeInput):
+            m = (await store.get_manifest(inp.manifest)).rebase(dest)
+        else:
+            raise AssertionError(f"unresolved input {dest!r} reached the build")
         try:
             await materialize(store, m, workdir, link=True)
         except UserError as err:

@@ -112,12 +112,7 @@ class Store:
         return digest
 
     async def get_manifest(self, digest: str) -> Manifest:
-        path = self.manifest_path(digest)
-        data = await self.storage.get(path)
-        actual = hash_tagged("manifest", data)
-        if actual != digest:
-            raise CorruptObject(path, digest, actual)
-        return _decode(path, data, Manifest)
+        return await self._get_tagged("manifest", self.manifest_path(digest), digest, Manifest)
 
     async def put_snapshot(self, snapshot: Snapshot) -> str:
         digest = snapshot.digest()
@@ -125,12 +120,15 @@ class Store:
         return digest
 
     async def get_snapshot(self, digest: str) -> Snapshot:
-        path = self.snapshot_path(digest)
+        return await self._get_tagged("snapshot", self.snapshot_path(digest), digest, Snapshot)
+
+    async def _get_tagged(self, kind: str, path: str, digest: str, typ: type[T]) -> T:
+        """Read a tagged-hash object and check its bytes against ``digest``."""
         data = await self.storage.get(path)
-        actual = hash_tagged("snapshot", data)
+        actual = hash_tagged(kind, data)
         if actual != digest:
             raise CorruptObject(path, digest, actual)
-        return _decode(path, data, Snapshot)
+        return _decode(path, data, typ)
 
     async def put_derivation(self, record: DerivationRecord) -> str:
         """Store a derivation record under its derivation's hash (first writer wins)."""
