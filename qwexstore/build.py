@@ -31,6 +31,7 @@ from .derivation import BlobInput, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import BuildCancelled, BuildFailed, UserError
+from .globs import Selector
 from .index import Index, IndexedRealisation, RunSummary
 from .locks import KeyLock
 from .manifest import Entry, FileEntry, Manifest
@@ -38,7 +39,7 @@ from .plan import Plan
 from .records import Realisation, RunRecord, RunStatus
 from .snapshot import take_snapshot
 from .store import Store
-from .tree import Progress, hash_entries, materialize, scan
+from .tree import Progress, Scanned, hash_entries, materialize, scan
 
 __all__ = ["base_env", "new_run_id", "realize", "scratch_dir"]
 
@@ -100,6 +101,9 @@ async def _store_inputs(store: Store, plan: Plan) -> None:
 
 Staged = dict[str, tuple[tuple[int, int, int], str]]
 
+#: HOME and TMPDIR of the job, inside the work dir; never outputs of a glob.
+_PRIVATE = (".home", ".tmp")
+
 
 async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
     """Fill the work dir: selected source, inputs (hard-linked, read-only), output dirs.
@@ -128,24 +132,28 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
     for pat in plan.derivation.outputs:
         if pat.endswith("/") and not glob.has_magic(pat):
             os.makedirs(os.path.join(workdir, pat), exist_ok=True)
-    for d in (".home", ".tmp"):
+    for d in _PRIVATE:
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
     return staged
 
 
-def _collect(workdir: str, patterns: list[str]) -> list:  # type: ignore[type-arg]
-    """Scan the declared outputs. A plain path that was not produced is a failure."""
-    found: dict[str, object] = {}
+def _collect(workdir: str, patterns: list[str]) -> list[Scanned]:
+    """Scan the declared outputs without following any symlink. A plain path that was not
+    produced is a failure; a glob matches work-dir paths (and everything below a match)."""
+    found: dict[str, Scanned] = {}
     for pat in patterns:
+        if glob.has_magic(pat):
+            continue
         rel = pat.rstrip("/")
-        if glob.has_magic(rel):
-            matches = sorted(glob.glob(rel, root_dir=workdir, recursive=True, include_hidden=True))
-        elif os.path.lexists(os.path.join(workdir, rel)):
-            matches = [rel]
-        else:
+        if not os.path.lexists(os.path.join(workdir, rel)):
             raise ValueError(f"declared output {pat!r} was not produced")
-        for m in matches:
-            for s in scan(workdir, m):
+        for s in scan(workdir, rel):
+            found.setdefault(s.path, s)
+    globbed = [p for p in patterns if glob.has_magic(p)]
+    if globbed:
+        selector = Selector(globbed, [])
+        for s in scan(workdir, skip=lambda p: p in _PRIVATE):
+            if selector(s.path):
                 found.setdefault(s.path, s)
     return list(found.values())
 
@@ -166,16 +174,30 @@ async def _ingest(store: Store, workdir: str, patterns: list[str], progress: Pro
     return manifest
 
 
-def _inputs_changed(workdir: str, staged: Staged) -> list[str]:
-    changed = []
-    for rel, (fp, _digest) in staged.items():
+def _inputs_damaged(workdir: str, staged: Staged) -> list[str]:
+    """Staged inputs the job wrote to in place: same inode (a hard link to the store's blob),
+    other size or mtime. A job that deletes or replaces an input harms nothing."""
+    damaged = []
+    for rel, ((ino, size, mtime), _digest) in staged.items():
         try:
             st = os.stat(os.path.join(workdir, rel))
         except FileNotFoundError:
-            continue  # deleting a staged link does not touch the store
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != fp:
-            changed.append(rel)
-    return changed
+            continue
+        if st.st_ino == ino and (st.st_size, st.st_mtime_ns) != (size, mtime):
+            damaged.append(rel)
+    return damaged
+
+
+async def _drop_damaged(store: Store, workdir: str, staged: Staged, damaged: list[str]) -> None:
+    """Delete store blobs that a job modified through a hard link: they no longer match
+    their names. Realisations naming them are found and repaired by ``qwex verify``."""
+    root = store.local_root
+    for rel in damaged:
+        path = store.blob_path(staged[rel][1])
+        if root and os.path.exists(os.path.join(root, path)) and os.path.samefile(
+            os.path.join(workdir, rel), os.path.join(root, path)
+        ):
+            await store.storage.delete(path)
 
 
 async def realize(
@@ -199,7 +221,7 @@ async def realize(
     if hit is not None:
         return hit
     tmp = scratch_dir(store)
-    with KeyLock(tmp, key, on_wait):
+    async with KeyLock(tmp, key, on_wait):
         real = await store.get_realisation(key)
         if real is not None:  # built meanwhile, or the index lags the store
             manifest = await store.get_manifest(real.manifest)
@@ -236,6 +258,7 @@ async def _run(
     assert plan.repo is not None and plan.commit is not None
     snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
     await _store_inputs(store, plan)
+    await store.storage.sync()  # snapshot and inputs are durable before the records naming them
     drv_hash = await store.put_derivation(plan.record(snapshot))
     run_id = new_run_id()
     rundir = os.path.join(tmp, "runs", run_id)
@@ -258,17 +281,15 @@ async def _run(
     status: RunStatus = "cancelled" if outcome is None else outcome.status
     message = "" if outcome is None else outcome.message
     manifest: Manifest | None = None
-    if outcome is not None and outcome.status == "succeeded":
-        changed = _inputs_changed(workdir, staged)
-        if changed:
-            status, message = "failed", f"the job modified its input {changed[0]!r} (inputs are read-only)"
-            for rel in changed:  # that blob no longer matches its name: drop it
-                await store.storage.delete(store.blob_path(staged[rel][1]))
-        else:
-            try:
-                manifest = await _ingest(store, workdir, plan.derivation.outputs, progress)
-            except (ValueError, UserError) as e:
-                status, message = "failed", str(e)
+    damaged = _inputs_damaged(workdir, staged)
+    if damaged:
+        await _drop_damaged(store, workdir, staged, damaged)
+        status, message = "failed", f"the job modified its input {damaged[0]!r} (inputs are read-only)"
+    elif outcome is not None and outcome.status == "succeeded":
+        try:
+            manifest = await _ingest(store, workdir, plan.derivation.outputs, progress)
+        except (ValueError, UserError) as e:
+            status, message = "failed", str(e)
 
     # Logs, then the run record, then (success only) the realisation, then the index.
     logs = {}

@@ -160,6 +160,9 @@ def _validate(drv: DrvFile, file: str) -> None:
                 file, f"{spec!r}: want file:PATH, drv:FILE.drv or drv:blake3:<hex>", f"inputs.{dest!r}"
             )
     norm = [d.rstrip("/") for d in dests if d != "."]
+    if len(set(norm)) != len(norm):
+        dup = sorted(d for d in norm if norm.count(d) > 1)[0]
+        raise DrvFileError(file, f"two inputs name the destination {dup!r}", "inputs")
     for a in norm:
         for b in norm:
             if a != b and b.startswith(a + "/"):

@@ -9,9 +9,20 @@ parent directories, so ``src`` and ``src/`` both select everything below ``src``
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["Selector"]
+
+
+def _char_class(body: str, negated: bool) -> str:
+    """A ``[...]`` class as a regex class; a negated class never matches ``/``."""
+    if not body:
+        raise ValueError("empty character class '[]'")
+    if body.startswith(":") or "[:" in body:
+        raise ValueError("POSIX character classes like [[:alpha:]] are not supported")
+    esc = "".join("\\" + ch if ch in "\\[]^&~|" else ch for ch in body).replace("--", "-\\-")
+    return f"[^/{esc}]" if negated else f"[{esc}]"
 
 
 def _segment(seg: str) -> str:
@@ -24,14 +35,12 @@ def _segment(seg: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = seg.find("]", i + 1)
+            neg = seg[i + 1 : i + 2] in ("!", "^")
+            j = seg.find("]", i + (2 if neg else 1))
             if j == -1:
                 out.append(re.escape(c))
             else:
-                body = seg[i + 1 : j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
+                out.append(_char_class(seg[i + (2 if neg else 1) : j], neg))
                 i = j
         else:
             out.append(re.escape(c))
@@ -55,14 +64,28 @@ def _compile(pattern: str) -> str:
     return "".join(parts) + "(?:/.*)?"
 
 
+def _compile_all(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    parts = []
+    for p in patterns:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                parts.append(re.compile(_compile(p)).pattern)
+        except (re.error, FutureWarning) as e:
+            raise ValueError(f"invalid glob {p!r}: {e}") from None
+    return re.compile("|".join(f"(?:{x})" for x in parts))
+
+
 class Selector:
     """Selects paths: included by any ``include`` (all paths if none) and no ``exclude``."""
 
     def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
         self.include = list(include)
         self.exclude = list(exclude)
-        self._inc = re.compile("|".join(f"(?:{_compile(p)})" for p in include)) if include else None
-        self._exc = re.compile("|".join(f"(?:{_compile(p)})" for p in exclude)) if exclude else None
+        self._inc = _compile_all(include)
+        self._exc = _compile_all(exclude)
 
     def __call__(self, path: str) -> bool:
         if self._inc is not None and not self._inc.fullmatch(path):

@@ -26,7 +26,7 @@ from typing import Final
 import lmdb
 import msgspec
 
-from .digest import hex_of
+from .digest import hash_bytes, hex_of
 from .errors import KeyLookupError
 
 __all__ = ["Index", "IndexedRealisation", "RunSummary", "StatEntry"]
@@ -80,6 +80,12 @@ class StatEntry(msgspec.Struct, array_like=True):
         )
 
 
+def _stat_key(path: str) -> bytes:
+    """The stat cache key: the path, or a digest of it past LMDB's 511-byte key limit."""
+    raw = path.encode("utf-8", errors="surrogateescape")
+    return raw if len(raw) <= 480 else b"\0blake3:" + hash_bytes(raw).encode()
+
+
 _enc = msgspec.msgpack.Encoder()
 _real_dec = msgspec.msgpack.Decoder(IndexedRealisation)
 _run_dec = msgspec.msgpack.Decoder(RunSummary)
@@ -119,6 +125,8 @@ class Index:
     def recent_runs(self, limit: int) -> list[tuple[str, RunSummary]]:
         """Newest runs first (run ids sort by start time)."""
         out: list[tuple[str, RunSummary]] = []
+        if limit <= 0:
+            return out
         with self.env.begin(db=self._db["runs"]) as txn:
             cur = txn.cursor()
             if not cur.last():
@@ -141,7 +149,7 @@ class Index:
 
     def stat(self, path: str) -> StatEntry | None:
         with self.env.begin(db=self._db["stat"]) as txn:
-            raw = txn.get(path.encode())
+            raw = txn.get(_stat_key(path))
         return None if raw is None else _stat_dec.decode(raw)
 
     def has_derivation(self, digest: str) -> bool:
@@ -233,7 +241,7 @@ class IndexWriter:
         self._put("snap", commit.encode(), digest.encode())
 
     def stat(self, path: str, entry: StatEntry) -> None:
-        self._put("stat", path.encode(), _enc.encode(entry))
+        self._put("stat", _stat_key(path), _enc.encode(entry))
 
     def drop_all(self) -> None:
         """Empty every database except the stat cache (used by rebuild)."""

@@ -103,7 +103,7 @@ _KINDS: dict[str, type[_LayerBase]] = {
 }
 
 
-class SingularityIdentity(msgspec.Struct, tag_field="kind", tag="singularity"):
+class SingularityIdentity(msgspec.Struct, tag_field="kind", tag="singularity", forbid_unknown_fields=True):
     """What a singularity layer contributes to the key. ``image`` is a resolved image id."""
 
     image: str
@@ -112,7 +112,7 @@ class SingularityIdentity(msgspec.Struct, tag_field="kind", tag="singularity"):
     args: list[str]
 
 
-class KueueIdentity(msgspec.Struct, tag_field="kind", tag="kueue"):
+class KueueIdentity(msgspec.Struct, tag_field="kind", tag="kueue", forbid_unknown_fields=True):
     """What a kueue layer contributes to the key. ``image`` is a resolved image id."""
 
     image: str

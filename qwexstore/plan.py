@@ -102,6 +102,7 @@ def _layer_identity(layer: Layer, base: str, allow_unpinned: bool, i: int) -> La
 
 
 def _file_input(dest: str, path: str, index: Index | None, drv_path: str) -> FileInput:
+    path = os.path.realpath(path)  # an input given through a symlink is its target's content
     try:
         st = os.stat(path)
     except FileNotFoundError:

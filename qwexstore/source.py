@@ -112,7 +112,15 @@ class Repo:
                 continue
             meta, _, raw = rec.partition(b"\t")
             mode, _typ, oid = meta.decode().split(" ")
-            path = raw.decode("utf-8", errors="surrogateescape")
+            try:
+                path = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                path = raw.decode("utf-8", errors="surrogateescape")
+                if selector(path):
+                    raise SourceError(
+                        f"selected file name is not UTF-8: {raw!r}; rename it or add it to [source] exclude"
+                    ) from None
+                continue
             if not selector(path):
                 continue
             if mode == _GITLINK:

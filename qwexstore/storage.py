@@ -233,6 +233,7 @@ class FsspecStorage:
             full = self._abs(path)
             if self.fs.exists(full):
                 return False
+            self.fs.makedirs(self.fs._parent(full), exist_ok=True)
             self.fs.pipe_file(full, data)
             return True
 
@@ -243,6 +244,7 @@ class FsspecStorage:
             full = self._abs(path)
             if self.fs.exists(full):
                 return False
+            self.fs.makedirs(self.fs._parent(full), exist_ok=True)
             self.fs.put_file(src, full)
             return True
 

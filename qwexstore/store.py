@@ -112,7 +112,14 @@ class Store:
         return digest
 
     async def get_manifest(self, digest: str) -> Manifest:
-        return await self._get_tagged("manifest", self.manifest_path(digest), digest, Manifest)
+        """A manifest, verified against its digest and validated (paths cannot escape)."""
+        path = self.manifest_path(digest)
+        m = await self._get_tagged("manifest", path, digest, Manifest)
+        try:
+            m.validate()
+        except ValueError as e:
+            raise StoreError(f"invalid manifest {path}: {e}") from None
+        return m
 
     async def put_snapshot(self, snapshot: Snapshot) -> str:
         digest = snapshot.digest()

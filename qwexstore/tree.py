@@ -38,6 +38,11 @@ def scan(root: str, rel: str = "", skip: Callable[[str], bool] | None = None) ->
     Other file types (sockets, fifos, devices) raise UserError naming the path.
     """
     start = os.path.join(root, rel) if rel else root
+    parts = rel.split("/")[:-1] if rel else []
+    for i in range(1, len(parts) + 1):
+        parent = os.path.join(root, *parts[:i])
+        if os.path.islink(parent):
+            raise UserError(f"{rel}: its parent {'/'.join(parts[:i])} is a symlink; qwex never follows one")
     st = os.lstat(start)
     if not stat.S_ISDIR(st.st_mode):
         yield _check(rel, start, st)
@@ -126,6 +131,10 @@ async def materialize(store: Store, manifest: Manifest, dest: str, *, link: bool
     Existing paths are an error (nothing is overwritten). Blobs are not re-verified here;
     ``qwex verify`` does that.
     """
+    try:
+        manifest.validate()
+    except ValueError as err:
+        raise UserError(f"refusing to materialize an invalid manifest: {err}") from None
     os.makedirs(dest, exist_ok=True)
     for e in manifest.entries:
         target = _safe_parent(dest, e.path)
@@ -133,5 +142,13 @@ async def materialize(store: Store, manifest: Manifest, dest: str, *, link: bool
             raise UserError(f"{target} already exists")
         if isinstance(e, SymlinkEntry):
             os.symlink(e.target, target)
-        else:
-            await store.storage.get_file(store.blob_path(e.digest), target, link=link)
+            continue
+        await store.storage.get_file(store.blob_path(e.digest), target, link=link)
+        st = os.stat(target)
+        if bool(st.st_mode & stat.S_IXUSR) != e.executable:
+            # Blobs are shared by content; the mode belongs to the entry. A link cannot carry
+            # another mode, so such a file is copied.
+            if st.st_nlink > 1:
+                os.unlink(target)
+                await store.storage.get_file(store.blob_path(e.digest), target, link=False)
+            os.chmod(target, (0o555 if link else 0o755) if e.executable else (0o444 if link else 0o644))

@@ -9,6 +9,8 @@ from typing import Annotated
 import msgspec
 import typer
 
+from qwexstore.errors import UserError
+
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -85,7 +87,7 @@ def log(
 ) -> None:
     """Print the stored output of a run (the latest run of a key), failed runs included."""
     if stream not in ("stdout", "stderr", "both"):
-        raise typer.BadParameter("--stream must be stdout, stderr or both")
+        raise UserError(f"--stream must be stdout, stderr or both, not {stream!r}")
 
     from qwexstore.checkout import resolve_run
     from qwexstore.store import open_store
