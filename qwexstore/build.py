@@ -30,7 +30,7 @@ from .config import qwex_home
 from .derivation import BlobInput, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
-from .errors import BuildCancelled, BuildFailed, UserError
+from .errors import BuildCancelled, BuildFailed, DriverError, UserError
 from .globs import Selector
 from .index import Index, IndexedRealisation, RunSummary
 from .locks import KeyLock
@@ -273,9 +273,14 @@ async def _run(
         argv=plan.derivation.command,
         env=env,
         layers=plan.layers,
+        image=plan.derivation.env.image,
     )
     started = time.time_ns()
-    outcome = await _execute(driver, rp, rundir, on_log)
+    try:
+        outcome = await _execute(driver, rp, rundir, on_log)
+    except DriverError:
+        shutil.rmtree(rundir, ignore_errors=True)  # the backend failed, not the command: no run
+        raise
 
     # Decide the run's status; on success ingest the outputs (blobs, then the manifest).
     status: RunStatus = "cancelled" if outcome is None else outcome.status

@@ -41,6 +41,7 @@ class RunPlan(msgspec.Struct, frozen=True):
     argv: list[str]
     env: dict[str, str]
     layers: list[Layer]
+    image: str | None = None
 
 
 class RunOutcome(msgspec.Struct, frozen=True):

@@ -41,6 +41,11 @@ class LocalDriver:
             raise PermanentDriverError(
                 f"the local driver cannot run layer {others[0]!r}; no driver for it is installed"
             )
+        if plan.image is not None:
+            raise PermanentDriverError(
+                "the local driver runs on the host and cannot honour [env] image; "
+                "add a container layer (singularity) to run in the image"
+            )
         started = time.time_ns()
         try:
             proc = subprocess.Popen(
