@@ -13,6 +13,7 @@ app = typer.Typer(
     name="qwex",
     help="Content-addressed reproducibility store for ML runs.",
     no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -25,7 +26,13 @@ def _global(
         str | None,
         typer.Option("--store", envvar="QWEX_STORE", help="Store path or URL (default $QWEX_HOME/store)."),
     ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
+    if version:
+        from qwexstore import __version__
+
+        print(f"qwex {__version__}")
+        raise typer.Exit()
     STATE.store_location = store
 
 
