@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-NANOGPT_MIRROR = Path("/work/.mirror/karpathy+nanoGPT/repo")
+#: An optional real repository to snapshot (e.g. a local mirror of nanoGPT); unset: skipped.
+NANOGPT_MIRROR = Path(os.environ.get("QWEX_BENCH_NANOGPT", "/nonexistent"))
 
 # --------------------------------------------------------------------------
 # records
@@ -1095,7 +1096,7 @@ def meta_info(tools: Tools, workdir: Path) -> dict[str, Any]:
         f"{os.cpu_count()} cpus, fs {fs_type(workdir)}",
         "workdir": str(workdir),
         "bench_commit": _git_describe(Path(__file__).resolve().parent),
-        "qwex_cmd": shlex.join(tools.qwex) if tools.qwex else None,
+        "qwex_cmd": shlex.join(_portable(a) for a in tools.qwex) if tools.qwex else None,
         "argv": sys.argv,
         "versions": {
             "python": platform.python_version(),
@@ -1110,6 +1111,12 @@ def meta_info(tools: Tools, workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
+
+
+def _portable(arg: str) -> str:
+    """A path inside the repository as a relative path, so results carry no machine paths."""
+    repo = str(Path(__file__).resolve().parent.parent) + "/"
+    return arg.replace(repo, "")
 
 
 def main(argv: list[str] | None = None) -> int:
