@@ -82,16 +82,24 @@ def base_env(
 
 
 async def _store_inputs(store: Store, plan: Plan) -> None:
-    """Copy ``file:`` inputs into the store (never linked: the user may edit them)."""
+    """Copy ``file:`` inputs into the store (never linked: the user may edit them).
+
+    A file not yet in the store is hashed again before it is copied, so an edit made since
+    planning is refused instead of being stored under the planned digest.
+    """
+    files: list[tuple[str, str]] = []
     for fi in plan.file_inputs:
-        if fi.manifest is None:
-            digest = fi.input.digest  # type: ignore[union-attr]
-            await store.storage.put_file(store.blob_path(digest), fi.path, consume=False)
+        if isinstance(fi.input, BlobInput):
+            files.append((fi.input.digest, fi.path))
+        elif fi.manifest is not None:
+            files.extend((e.digest, os.path.join(fi.path, e.path)) for e in fi.manifest.files())
+    present = await store.storage.exists([store.blob_path(d) for d, _ in files])
+    for (digest, path), there in zip(files, present, strict=True):
+        if there:
             continue
-        for e in fi.manifest.files():
-            await store.storage.put_file(
-                store.blob_path(e.digest), os.path.join(fi.path, e.path), consume=False
-            )
+        if hash_file(path) != digest:
+            raise UserError(f"input {path} changed while qwex was building; build again")
+        await store.storage.put_file(store.blob_path(digest), path, consume=False)
     if plan.file_inputs:
         await store.storage.sync()
         for fi in plan.file_inputs:

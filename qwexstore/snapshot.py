@@ -132,6 +132,8 @@ async def restore(
             assert isinstance(tree, Tree)
             for entry in tree.iteritems():
                 name = entry.path.decode("utf-8", errors="surrogateescape")
+                if name in ("", ".", "..") or "/" in name or "\0" in name:
+                    raise StoreError(f"snapshot {snapshot_digest}: unsafe tree entry name {name!r}")
                 rel = f"{prefix}{name}"
                 if entry.mode == 0o160000:  # submodule: never selected (source.py refuses)
                     continue
@@ -153,5 +155,8 @@ async def restore(
                         os.chmod(full, 0o755)
                 written.append(rel)
 
-        walk(commit.tree, "")
+        try:
+            walk(commit.tree, "")
+        finally:
+            drepo.close()
     return written
