@@ -468,10 +468,10 @@ def _never_escapes(p: str) -> None:
         return
     m = Manifest.of([FileEntry(path=p, size=0, digest=hash_bytes(b""))])
     for e in m.entries:
-        full = os.path.normpath(os.path.join("/root", e.path))
-        assert full.startswith("/root/"), p
+        full = os.path.normpath(os.path.join("/qwex-fake-root", e.path))
+        assert full.startswith("/qwex-fake-root/"), p
         # normpath is a no-op on accepted paths: nothing to collapse.
-        assert full == "/root/" + e.path
+        assert full == "/qwex-fake-root/" + e.path
 
 
 @PROPS
