@@ -746,27 +746,29 @@ def _ingest_pair(ctx: Ctx, q: list[str] | None, src: Path, name: str, prefix: st
     return measure_many(items, ctx.reps(3))
 
 
-def bench_ingest_1gib(ctx: Ctx) -> Record:
-    rec = Record(
-        "ingest_1gib",
-        f"ingest one {ctx.args.big_mib} MiB output file",
-        peer_name="dvc add (cache.type hardlink)",
-        target_ratio=0.5,
-    )
+def _ingest_record(ctx: Ctx, name: str, title: str, data: Path, dest: str, tag: str) -> Record:
+    """qwex build vs dvc add on the same data: the part both ingest benchmarks share."""
+    rec = Record(name, title, peer_name="dvc add (cache.type hardlink)", target_ratio=0.5)
     ctx.tools.need_dvc()
     ctx.tools.need_git()
-    big = ctx.data.big_file()
-    env = ctx.env
-    reps = ctx.reps(3)
     q = ctx.qwex()
-
-    timings = _ingest_pair(ctx, q, big, "big.bin", "ingest1g")
+    timings = _ingest_pair(ctx, q, data, dest, tag)
     rec.context += [t.as_dict() for t in timings]
     rec.set_peer(timings[0])
     if q:
         rec.set_qwex(timings[1])
     else:
         rec.status = "no-qwex"
+    return rec
+
+
+def bench_ingest_1gib(ctx: Ctx) -> Record:
+    big = ctx.data.big_file()
+    rec = _ingest_record(
+        ctx, "ingest_1gib", f"ingest one {ctx.args.big_mib} MiB output file", big, "big.bin", "ingest1g"
+    )
+    env = ctx.env
+    reps = ctx.reps(3)
 
     # context: hashing and copying the same file
     b3sum, b3py = ctx.tools.b3sum, ctx.tools.blake3_python
@@ -808,27 +810,11 @@ def bench_ingest_1gib(ctx: Ctx) -> Record:
 
 
 def bench_ingest_small(ctx: Ctx) -> Record:
-    n = ctx.args.small_files
-    rec = Record(
-        "ingest_10k",
-        f"ingest {n:,} small files (1-4 KiB, ~100 dirs)",
-        peer_name="dvc add (cache.type hardlink)",
-        target_ratio=0.5,
-    )
-    ctx.tools.need_dvc()
-    ctx.tools.need_git()
     tree = ctx.data.small_tree()
+    title = f"ingest {ctx.args.small_files:,} small files (1-4 KiB, ~100 dirs)"
+    rec = _ingest_record(ctx, "ingest_10k", title, tree, "tree", "ingest10k")
     env = ctx.env
     reps = ctx.reps(3)
-    q = ctx.qwex()
-
-    timings = _ingest_pair(ctx, q, tree, "tree", "ingest10k")
-    rec.context += [t.as_dict() for t in timings]
-    rec.set_peer(timings[0])
-    if q:
-        rec.set_qwex(timings[1])
-    else:
-        rec.status = "no-qwex"
 
     for flag, label in (("-r", "cp -r (full copy)"), ("-rl", "cp -rl (hard-link tree)")):
 
