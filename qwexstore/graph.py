@@ -5,23 +5,47 @@ replaced by that upstream's output manifest digest (early cutoff: an upstream th
 but yields identical bytes leaves its dependants cached). ``drv:blake3:<hex>`` inputs name
 a derivation whose key must already be realized.
 
-This version builds upstreams one at a time, depth first; an upstream shared by two
-inputs is built once per invocation.
+:func:`realize_graph` builds the DAG with up to ``jobs`` nodes at once. Each node (one
+.drv file, however many inputs name it) is built once per invocation, after all its
+upstreams. A failure skips the node's dependants; without ``keep_going`` it also stops
+any node from *starting*, while nodes already running finish and are recorded (their
+work is not wasted, and nothing is ever left half-written).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from .cache import BuildResult, lookup
 from .derivation import DrvInput, resolve
-from .errors import UserError
+from .errors import BuildCancelled, BuildFailed, QwexError, UserError
 from .index import Index
 from .plan import Plan
 
-__all__ = ["realize_graph", "try_resolve"]
+if TYPE_CHECKING:
+    import asyncio  # imported when a graph is built: the cache-hit path never needs it
+
+__all__ = ["NodeReport", "graph_nodes", "realize_graph", "try_resolve"]
+
+NodeStatus = Literal["cached", "built", "failed", "skipped", "cancelled"]
+
+
+class NodeReport(msgspec.Struct):
+    """How one node of the graph ended. ``key`` is None when it was never resolved;
+    ``error`` is what stopped a failed or cancelled node."""
+
+    name: str
+    drv_path: str
+    status: NodeStatus = "skipped"
+    key: str | None = None
+    duration_ns: int = 0
+    message: str = ""
+    result: BuildResult | None = None
+    error: QwexError | None = None
 
 
 def _blake3_upstreams(plan: Plan, index: Index) -> dict[str, str]:
@@ -57,17 +81,113 @@ def _resolved(plan: Plan, manifests: dict[str, str]) -> Plan:
     return msgspec.structs.replace(plan, derivation=resolve(plan.derivation, manifests))
 
 
+def graph_nodes(plan: Plan) -> list[Plan]:
+    """Every node of the graph once (by .drv path), upstreams before their dependants."""
+    seen: dict[str, Plan] = {}
+
+    def visit(p: Plan) -> None:
+        if p.drv_path in seen:
+            return
+        for up in p.upstreams.values():
+            visit(up)
+        seen[p.drv_path] = p
+
+    visit(plan)
+    return list(seen.values())
+
+
 async def realize_graph(
     plan: Plan,
     index: Index,
     build_one: Callable[[Plan], Awaitable[BuildResult]],
-    done: dict[str, BuildResult] | None = None,
+    *,
+    jobs: int = 1,
+    keep_going: bool = False,
+    reports: dict[str, NodeReport] | None = None,
 ) -> BuildResult:
-    """Build upstreams depth first with ``build_one``, then ``plan`` resolved."""
-    done = {} if done is None else done
-    manifests = _blake3_upstreams(plan, index)
-    for up in plan.upstreams.values():
-        if up.drv_path not in done:
-            done[up.drv_path] = await realize_graph(up, index, build_one, done)
-        manifests[up.derivation.hash()] = done[up.drv_path].manifest
-    return await build_one(_resolved(plan, manifests))
+    """Build the graph rooted at ``plan``; return the root's result.
+
+    ``reports`` (by .drv path, filled in as nodes end) tells the caller how every node
+    ended, also when this raises. Raises BuildFailed if any node failed or was skipped
+    because of a failure, BuildCancelled if any was interrupted, and UserError for a
+    ``drv:blake3:`` input that is not realized.
+    """
+    import asyncio
+
+    reports = {} if reports is None else reports
+    for p in graph_nodes(plan):
+        reports[p.drv_path] = NodeReport(name=p.name, drv_path=p.drv_path)
+    slots = asyncio.Semaphore(max(1, jobs))
+    tasks: dict[str, asyncio.Task[BuildResult | None]] = {}
+    stopped = False
+
+    async def node(p: Plan) -> BuildResult | None:
+        report = reports[p.drv_path]
+        ups = {dest: tasks[up.drv_path] for dest, up in p.upstreams.items()}
+        results = await asyncio.gather(*ups.values())
+        failed = [p.upstreams[d].name for d, r in zip(ups, results, strict=True) if r is None]
+        if failed:
+            report.message = f"not built: its upstream {failed[0]} did not build"
+            return None
+        try:
+            return await build_node(p, report, list(zip(p.upstreams.values(), results, strict=True)))
+        except QwexError as e:
+            report.status = "cancelled" if isinstance(e, BuildCancelled) else "failed"
+            report.message, report.error = str(e), e
+            return None
+
+    async def build_node(
+        p: Plan, report: NodeReport, ups: list[tuple[Plan, BuildResult | None]]
+    ) -> BuildResult | None:
+        nonlocal stopped
+        manifests = _blake3_upstreams(p, index)
+        for up, r in ups:
+            assert r is not None
+            manifests[up.derivation.hash()] = r.manifest
+        resolved = _resolved(p, manifests)
+        report.key = resolved.key
+        hit = lookup(index, resolved.key)
+        if hit is not None:
+            report.status, report.result = "cached", hit
+            return hit
+        async with slots:
+            if stopped:
+                report.message = "not started: an earlier failure stopped the build (--keep-going builds on)"
+                return None
+            t0 = time.monotonic_ns()
+            try:
+                r = await build_one(resolved)
+            except BuildFailed:
+                stopped = stopped or not keep_going
+                raise
+            finally:
+                report.duration_ns = time.monotonic_ns() - t0
+        report.status, report.result = ("cached" if r.cached else "built"), r
+        return r
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for p in graph_nodes(plan):
+                tasks[p.drv_path] = group.create_task(node(p))
+    except asyncio.CancelledError:
+        for r in reports.values():  # interrupted: say which runs were recorded as cancelled
+            if isinstance(r.error, BuildCancelled):
+                raise r.error from None
+        raise
+    root = tasks[plan.drv_path].result()
+    if root is not None:
+        return root
+    return _raise_outcome(plan, reports)
+
+
+def _raise_outcome(plan: Plan, reports: dict[str, NodeReport]) -> BuildResult:
+    """Raise what stopped the root: an interruption first, then the one failure as it was
+    raised (its exit status kept), or a summary of several."""
+    ended = [r for r in reports.values() if r.error is not None]
+    for r in ended:
+        if isinstance(r.error, BuildCancelled):
+            raise r.error
+    if len(ended) == 1 and ended[0].error is not None:
+        raise ended[0].error
+    names = ", ".join(r.name for r in ended)
+    raise BuildFailed(f"{len(ended)} derivations failed ({names}); {plan.name} was not built", None, "")

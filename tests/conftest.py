@@ -258,6 +258,19 @@ class Qwex:
         assert re.fullmatch(r"blake3:[0-9a-f]{64}", out), out
         return out
 
+    def concurrently(self, n: int, *args: str, cwd: str | Path | None = None, timeout: float = 60
+                     ) -> list[Any]:
+        """Start ``n`` processes of ``qwex ARGS --json`` at once; assert each succeeds and
+        return their JSON documents."""
+        procs = [self.popen(*args, "--json", cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(n)]
+        docs = []
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, err
+            docs.append(json.loads(out))
+        return docs
+
     def popen(self, *args: str, cwd: str | Path | None = None, env: Mapping[str, str] | None = None,
               **kw: Any) -> subprocess.Popen[bytes]:
         _sigint_not_ignored()

@@ -136,13 +136,7 @@ def test_ctrl_c_stops_the_job_group_and_records_cancelled(
 def test_concurrent_builds_of_one_key_run_it_once(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
     counter = tmp_path / "counter"
     git_repo.commit("drv", {"t.drv": drv_text(job("--count", str(counter), "--sleep", "2", "--out", "a=1"))})
-    procs = [qwex.popen("build", "t.drv", "--json", cwd=git_repo.path, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE) for _ in range(2)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=30)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
+    results = qwex.concurrently(2, "build", "t.drv", cwd=git_repo.path)
     assert len(read_lines(counter)) == 1
     assert sorted(r["cached"] for r in results) == [False, True]
     assert results[0]["key"] == results[1]["key"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from qwexstore.drvfile import DrvFile
 from qwexstore.errors import UserError
 from qwexstore.index import Index
 from qwexstore.plan import Plan, plan_file, plan_parsed
+
+if TYPE_CHECKING:
+    from qwexstore.graph import NodeReport
 
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
 
@@ -24,21 +27,35 @@ AllowUnpinned = Annotated[
 ]
 Runner = Annotated[str | None, typer.Option("--runner", help="Placement from a named runner in config.")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Jobs = Annotated[
+    int | None,
+    typer.Option("--jobs", "-j", min=1, help="Derivations built at once (default: the number of cores)."),
+]
+KeepGoing = Annotated[
+    bool,
+    typer.Option("--keep-going", "-k", help="After a failure, go on building what does not depend on it."),
+]
 
 
-def _print_result(r: BuildResult, as_json: bool, elapsed_ns: int | None = None) -> None:
+def _node_json(r: NodeReport) -> dict[str, Any]:
+    return {"name": r.name, "drv": r.drv_path, "status": r.status, "key": r.key,
+            "duration_s": round(r.duration_ns / 1e9, 3), "message": r.message}
+
+
+def _print_result(
+    r: BuildResult, as_json: bool, elapsed_ns: int | None = None, nodes: list[dict[str, Any]] | None = None
+) -> None:
     if as_json:
-        emit_json(
-            {
-                "key": r.key,
-                "cached": r.cached,
-                "run_id": r.run_id,
-                "manifest": r.manifest,
-                "files": r.files,
-                "size": r.size,
-                "outputs": [p for p, _ in r.listing],
-            }
-        )
+        doc = {
+            "key": r.key,
+            "cached": r.cached,
+            "run_id": r.run_id,
+            "manifest": r.manifest,
+            "files": r.files,
+            "size": r.size,
+            "outputs": [p for p, _ in r.listing],
+        }
+        emit_json(doc if nodes is None else {**doc, "nodes": nodes})
         return
     how = "cached" if r.cached else "built" + (f" in {human_duration(elapsed_ns)}" if elapsed_ns else "")
     print(f"key      {r.key}")
@@ -50,30 +67,11 @@ def _print_result(r: BuildResult, as_json: bool, elapsed_ns: int | None = None) 
         print(f"  ... and {r.files - len(r.listing)} more (qwex show {r.key[7:19]})")
 
 
-class _IngestProgress:
-    """A rich progress bar for large ingests, shown only on a terminal."""
-
-    THRESHOLD = 256 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            if total < self.THRESHOLD or not sys.stderr.isatty():
-                return
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("hashing outputs", total=total)
-        self.bar.update(self.task, completed=done)
-        if done >= total:
-            self.bar.stop()
+def _default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _build(plan: Plan, index: Index, as_json: bool) -> None:
+def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: bool = False) -> None:
     from qwexstore.graph import try_resolve
 
     resolved = try_resolve(plan, index)
@@ -84,13 +82,14 @@ def _build(plan: Plan, index: Index, as_json: bool) -> None:
     import time
 
     from qwexstore.build import realize
-    from qwexstore.graph import realize_graph
+    from qwexstore.graph import graph_nodes, realize_graph
     from qwexstore.store import open_store
 
-    def on_log(stream: str, chunk: bytes) -> None:
-        out = sys.stdout if stream == "stdout" and not as_json else sys.stderr
-        out.buffer.write(chunk)
-        out.flush()
+    from .build_view import IngestProgress, PrefixedLogs, RawLogs, summary_lines
+
+    nodes = graph_nodes(plan)
+    width = max(len(n.name) for n in nodes)
+    reports: dict[str, NodeReport] = {}
 
     async def go() -> BuildResult:
         store = await open_store(store_location())
@@ -104,17 +103,24 @@ def _build(plan: Plan, index: Index, as_json: bool) -> None:
             hit = lookup(index, node.key)
             if hit is None and not as_json:
                 print(f"qwex: building {node.name} ({node.key})", file=sys.stderr)
-            elif hit is not None and not as_json and node is not plan:
-                print(f"qwex: {node.name} cached ({node.key})", file=sys.stderr)
-            return await realize(
-                store, index, node, on_log=on_log, on_wait=on_wait, progress=_IngestProgress()
-            )
+            logs = PrefixedLogs(node.name, width, as_json) if len(nodes) > 1 else RawLogs(as_json)
+            try:
+                return await realize(
+                    store, index, node, on_log=logs, on_wait=on_wait, progress=IngestProgress()
+                )
+            finally:
+                logs.close()
 
-        return await realize_graph(plan, index, build_one)
+        return await realize_graph(plan, index, build_one, jobs=jobs, keep_going=keep_going, reports=reports)
 
     t0 = time.monotonic_ns()
-    result = run_async(go)
-    _print_result(result, as_json, None if result.cached else time.monotonic_ns() - t0)
+    try:
+        result = run_async(go)
+    finally:
+        if len(nodes) > 1 and reports and not as_json:
+            print("\n".join(summary_lines(list(reports.values()))), file=sys.stderr)
+    shown = [_node_json(r) for r in reports.values()] if len(nodes) > 1 else None
+    _print_result(result, as_json, None if result.cached else time.monotonic_ns() - t0, shown)
 
 
 @handles_errors
@@ -123,12 +129,19 @@ def build(
     allow_dirty: AllowDirty = False,
     allow_unpinned: AllowUnpinned = False,
     runner: Runner = None,
+    jobs: Jobs = None,
+    keep_going: KeepGoing = False,
     json: Json = False,
 ) -> None:
-    """Build a derivation unless its key is already realized; print the key and outputs."""
+    """Build a derivation unless its key is already realized; print the key and outputs.
+
+    drv: inputs are built first, independent ones in parallel. A failure stops the build
+    from starting more derivations (running ones finish); --keep-going builds everything
+    that does not depend on the failure.
+    """
     with open_index() as index:
         plan = plan_file(drv, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
-        _build(plan, index, json)
+        _build(plan, index, json, jobs or _default_jobs(), keep_going)
 
 
 @handles_errors

@@ -1,0 +1,98 @@
+"""How ``qwex build`` shows a build: live logs (prefixed when several derivations build),
+the ingest progress bar, and the per-node summary table of a pipeline."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ._ctx import human_duration
+
+if TYPE_CHECKING:
+    from qwexstore.graph import NodeReport
+
+
+def _stream(name: str, as_json: bool) -> TextIO:
+    """Job stdout goes to our stdout, except under --json, which keeps stdout for JSON."""
+    return sys.stdout if name == "stdout" and not as_json else sys.stderr
+
+
+class RawLogs:
+    """One derivation builds: its output passes through untouched, as it arrives."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        out = _stream(stream, self.as_json)
+        out.buffer.write(chunk)
+        out.flush()
+
+    def close(self) -> None:
+        """Nothing is held back."""
+
+
+class PrefixedLogs:
+    """Several derivations may build at once: each complete line is written with a
+    ``name | `` prefix; a partial line is held until its newline (or :meth:`close`)."""
+
+    def __init__(self, name: str, width: int, as_json: bool) -> None:
+        self.prefix = f"{name:<{width}} | ".encode()
+        self.as_json = as_json
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        lines = (self.partial[stream] + chunk).split(b"\n")
+        self.partial[stream] = lines.pop()
+        if lines:
+            self._write(stream, lines)
+
+    def _write(self, stream: str, lines: list[bytes]) -> None:
+        out = _stream(stream, self.as_json)
+        out.buffer.write(b"".join(self.prefix + line + b"\n" for line in lines))
+        out.flush()
+
+    def close(self) -> None:
+        """Write what is left of unterminated last lines."""
+        for stream, rest in self.partial.items():
+            if rest:
+                self._write(stream, [rest])
+            self.partial[stream] = b""
+
+
+class IngestProgress:
+    """A rich progress bar for large ingests, shown only on a terminal."""
+
+    THRESHOLD = 256 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if total < self.THRESHOLD or not sys.stderr.isatty():
+                return
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("hashing outputs", total=total)
+        self.bar.update(self.task, completed=done)
+        if done >= total:
+            self.bar.stop()
+
+
+def summary_lines(reports: list[NodeReport]) -> list[str]:
+    """The table printed after a pipeline build: node, status, duration, key, and why a
+    node failed or was skipped."""
+    width = max(len(r.name) for r in reports)
+    lines = [f"  {'DERIVATION':<{width}}  {'STATUS':<9} {'TIME':>7}  KEY"]
+    for r in reports:
+        took = human_duration(r.duration_ns) if r.status in ("built", "failed", "cancelled") else ""
+        key = r.key[:19] if r.key else "-"
+        note = f"  {r.message}" if r.status not in ("built", "cached") and r.message else ""
+        lines.append(f"  {r.name:<{width}}  {r.status:<9} {took:>7}  {key}{note}")
+    counts = {s: sum(r.status == s for r in reports) for s in ("built", "cached", "failed", "skipped")}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return [f"qwex: {len(reports)} derivations: {head}", *lines]
