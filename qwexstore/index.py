@@ -27,7 +27,7 @@ import lmdb
 import msgspec
 
 from .digest import hash_bytes, hex_of
-from .errors import KeyLookupError
+from .errors import KeyLookupError, StoreError
 
 __all__ = ["Index", "IndexedRealisation", "RunSummary", "StatEntry"]
 
@@ -98,8 +98,14 @@ class Index:
     def __init__(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True)
-        self._db = {name.decode(): self.env.open_db(name) for name in _DBS}
+        try:
+            self.env = lmdb.open(path, map_size=_MAP_SIZE, max_dbs=len(_DBS), subdir=True)
+            self._db = {name.decode(): self.env.open_db(name) for name in _DBS}
+        except lmdb.Error as e:
+            raise StoreError(
+                f"the index {path} is unreadable ({type(e).__name__}: {str(e).split(':')[0]}); "
+                "`qwex index rebuild` recreates it from the store"
+            ) from None
 
     def close(self) -> None:
         self.env.close()

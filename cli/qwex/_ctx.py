@@ -32,10 +32,15 @@ def store_location() -> str:
     return loc if "://" in loc else os.path.abspath(os.path.expanduser(loc))
 
 
-def open_index() -> Index:
-    """The local index of the current store: ``$QWEX_HOME/index/<16 hex of the location>``."""
+def index_path() -> str:
+    """Where the current store's local index lives: ``$QWEX_HOME/index/<16 hex of the location>``."""
     tag = hex_of(hash_bytes(store_location().encode()))[:16]
-    return Index(os.path.join(qwex_home(), "index", tag))
+    return os.path.join(qwex_home(), "index", tag)
+
+
+def open_index() -> Index:
+    """The local index of the current store (StoreError if it is unreadable)."""
+    return Index(index_path())
 
 
 def fail(err: QwexError) -> None:

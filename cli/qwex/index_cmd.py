@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from typing import Annotated
 
 import typer
 
-from ._ctx import emit_json, handles_errors, open_index, run_async, store_location
+from qwexstore.errors import StoreError
+
+from ._ctx import emit_json, handles_errors, index_path, open_index, run_async, store_location
 
 app = typer.Typer(help="Maintain the local index (an accelerator rebuilt from the store).",
                   no_args_is_help=True)
@@ -21,7 +26,14 @@ def rebuild(json: Annotated[bool, typer.Option("--json", help="Machine-readable 
 
     async def go() -> RebuildReport:
         store = await open_store(store_location(), create=False)
-        with open_index() as index:
+        try:
+            index = open_index()
+        except StoreError:  # unreadable: keep it aside for inspection, start afresh
+            aside = f"{index_path()}.unreadable-{time.time_ns()}"
+            os.rename(index_path(), aside)
+            print(f"qwex: the index was unreadable; moved it to {aside}", file=sys.stderr)
+            index = open_index()
+        with index:
             return await rebuild_index(store, index)
 
     r = run_async(go)
