@@ -86,7 +86,7 @@ class IngestProgress:
 def summary_lines(reports: list[NodeReport]) -> list[str]:
     """The table printed after a pipeline build: node, status, duration, key, and why a
     node failed or was skipped."""
-    width = max(len(r.name) for r in reports)
+    width = max(len("DERIVATION"), *(len(r.name) for r in reports))
     lines = [f"  {'DERIVATION':<{width}}  {'STATUS':<9} {'TIME':>7}  KEY"]
     for r in reports:
         took = human_duration(r.duration_ns) if r.status in ("built", "failed", "cancelled") else ""
