@@ -64,7 +64,8 @@ def try_resolve(plan: Plan, index: Index) -> Plan | None:
     """The resolved plan if every upstream (recursively) is realized, else None. No store
     access: this is the cache-hit path for a pipeline."""
     manifests = _blake3_upstreams(plan, index)
-    for up in plan.upstreams.values():
+    ups: dict[str, Plan] = {}
+    for dest, up in plan.upstreams.items():
         resolved = try_resolve(up, index)
         if resolved is None:
             return None
@@ -72,13 +73,16 @@ def try_resolve(plan: Plan, index: Index) -> Plan | None:
         if hit is None:
             return None
         manifests[up.derivation.hash()] = hit.manifest
-    return _resolved(plan, manifests)
+        ups[dest] = resolved
+    return _resolved(plan, manifests, ups)
 
 
-def _resolved(plan: Plan, manifests: dict[str, str]) -> Plan:
+def _resolved(plan: Plan, manifests: dict[str, str], upstreams: dict[str, Plan]) -> Plan:
+    """``plan`` with its drv: inputs resolved, and ``upstreams`` (destination -> resolved
+    upstream plan) in place of its unresolved upstreams, so its record names their keys."""
     if plan.derivation.is_resolved():
         return plan
-    return msgspec.structs.replace(plan, derivation=resolve(plan.derivation, manifests))
+    return msgspec.structs.replace(plan, derivation=resolve(plan.derivation, manifests), upstreams=upstreams)
 
 
 def graph_nodes(plan: Plan) -> list[Plan]:
@@ -119,6 +123,7 @@ async def realize_graph(
         reports[p.drv_path] = NodeReport(name=p.name, drv_path=p.drv_path)
     slots = asyncio.Semaphore(max(1, jobs))
     tasks: dict[str, asyncio.Task[BuildResult | None]] = {}
+    resolved_plans: dict[str, Plan] = {}  # by .drv path, set before a node is built
     stopped = False
 
     async def node(p: Plan) -> BuildResult | None:
@@ -144,7 +149,8 @@ async def realize_graph(
         for up, r in ups:
             assert r is not None
             manifests[up.derivation.hash()] = r.manifest
-        resolved = _resolved(p, manifests)
+        resolved = _resolved(p, manifests, {d: resolved_plans[up.drv_path] for d, up in p.upstreams.items()})
+        resolved_plans[p.drv_path] = resolved
         report.key = resolved.key
         hit = lookup(index, resolved.key)
         if hit is not None:

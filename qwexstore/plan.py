@@ -72,11 +72,22 @@ class Plan(msgspec.Struct):
         return self.derivation.hash()
 
     def record(self, snapshot: str | None) -> DerivationRecord:
-        """The derivation record to store, given the source snapshot digest."""
+        """The derivation record to store, given the source snapshot digest.
+
+        ``upstreams`` names the key behind each resolved ``drv:`` input when it is known
+        here: a ``drv:blake3:`` reference is that key; a planned upstream is its key once
+        its own derivation is resolved (always for one without ``drv:`` inputs; deeper ones
+        only if the caller put resolved upstream plans in ``self.upstreams``).
+        """
         src = None
         if self.commit is not None and snapshot is not None:
             spec = self.drvfile.source
             src = SourceRef(commit=self.commit, snapshot=snapshot, include=spec.include, exclude=spec.exclude)
+        keys = {d: up.derivation.hash() for d, up in self.upstreams.items() if up.derivation.is_resolved()}
+        for dest, ref in self.drvfile.inputs.items():
+            kind, _, digest = ref.partition(":")
+            if kind == "drv" and is_digest(digest):
+                keys["." if dest == "." else dest.rstrip("/")] = digest
         return DerivationRecord(
             name=self.name,
             derivation=self.derivation,
@@ -84,6 +95,8 @@ class Plan(msgspec.Struct):
             image_ref=self.image_ref,
             layers=self.layers,
             pass_env=self.drvfile.env.pass_,
+            upstream_names={d: up.name for d, up in self.upstreams.items()},
+            upstreams={d: k for d, k in keys.items() if isinstance(self.derivation.inputs.get(d), TreeInput)},
         )
 
 

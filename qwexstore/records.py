@@ -45,7 +45,14 @@ class SourceRef(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DerivationRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.drv/1", tag_field="format"):
-    """A derivation plus what is needed to run it again. Stored under ``derivation.hash()``."""
+    """A derivation plus what is needed to run it again. Stored under ``derivation.hash()``.
+
+    ``upstream_names`` and ``upstreams`` describe the ``drv:`` inputs of a resolved
+    derivation by destination: the upstream's label, and the key whose realisation's output
+    manifest is the tree input there. Both are informational (not identity, not covered by
+    the name) and may omit destinations the writer did not know; readers treat a missing
+    entry, or a named key that is no longer in the store, as unknown.
+    """
 
     name: str
     derivation: Derivation
@@ -54,6 +61,7 @@ class DerivationRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.drv
     layers: list[Layer]
     pass_env: list[str]
     upstream_names: dict[str, str] = msgspec.field(default_factory=dict)
+    upstreams: dict[str, Digest] = msgspec.field(default_factory=dict)
 
 
 class Snapshot(msgspec.Struct, forbid_unknown_fields=True):

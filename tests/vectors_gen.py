@@ -672,6 +672,35 @@ FILES["records/derivation-record-defaults.json"] = {
         "pass_env": [],
     },
 }
+FILES["records/derivation-record-upstreams.json"] = {
+    "kind": "record",
+    "type": "DerivationRecord",
+    "description": "A resolved pipeline derivation: upstream_names labels its drv:FILE.drv inputs, "
+    "upstreams names the key whose output manifest each tree input is (here 'data' came from "
+    "drv:blake3:<key>, which has no label). Neither is identity.",
+    "input": {
+        "format": "qwex.drv/1",
+        "name": "evaluate",
+        "derivation": {
+            "outputs": ["out/"],
+            "command": ["python", "evaluate.py", "--model", "model", "--data", "data"],
+            "source": "blake3:" + "1122" * 16,
+            "layers": [],
+            "inputs": {
+                "model": {"type": "tree", "manifest": "blake3:" + "aabb" * 16},
+                "data": {"type": "tree", "manifest": "blake3:" + "bbcc" * 16},
+                "extra.csv": {"type": "blob", "digest": "blake3:" + "2233" * 16, "executable": False},
+            },
+            "env": {"image": None, "vars": {}},
+        },
+        "source": None,
+        "image_ref": None,
+        "layers": [],
+        "pass_env": [],
+        "upstream_names": {"model": "train"},
+        "upstreams": {"model": "blake3:" + "ccdd" * 16, "data": "blake3:" + "8899aabb" * 8},
+    },
+}
 _RUN = {
     "format": "qwex.run/1",
     "run_id": "20250301T101530123456Z-9f3a",

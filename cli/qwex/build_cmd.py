@@ -18,15 +18,8 @@ if TYPE_CHECKING:
     from qwexstore.graph import NodeReport
 
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
+from ._options import AllowDirty, AllowUnpinned, Json, Runner
 
-AllowDirty = Annotated[
-    bool, typer.Option("--allow-dirty", help="Snapshot uncommitted changes to tracked files.")
-]
-AllowUnpinned = Annotated[
-    bool, typer.Option("--allow-unpinned", help="Accept an image tag not pinned by digest.")
-]
-Runner = Annotated[str | None, typer.Option("--runner", help="Placement from a named runner in config.")]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 Jobs = Annotated[
     int | None,
     typer.Option("--jobs", "-j", min=1, help="Derivations built at once (default: the number of cores)."),

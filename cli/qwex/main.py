@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import build_cmd, checkout_cmd, index_cmd, inspect_cmd
+from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd
 from ._ctx import STATE
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ app.command()(inspect_cmd.show)
 app.command()(inspect_cmd.log)
 app.command()(inspect_cmd.ls)
 app.command()(checkout_cmd.checkout)
+app.command()(diff_cmd.diff)
 app.add_typer(index_cmd.app, name="index")
 
 

@@ -1,0 +1,18 @@
+"""Option types shared by several commands (typer ``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+__all__ = ["AllowDirty", "AllowUnpinned", "Json", "Runner"]
+
+AllowDirty = Annotated[
+    bool, typer.Option("--allow-dirty", help="Snapshot uncommitted changes to tracked files.")
+]
+AllowUnpinned = Annotated[
+    bool, typer.Option("--allow-unpinned", help="Accept an image tag not pinned by digest.")
+]
+Runner = Annotated[str | None, typer.Option("--runner", help="Placement from a named runner in config.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
