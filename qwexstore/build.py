@@ -12,6 +12,11 @@ The sequence on a miss, under the key's lock, is the store's write order:
 A failed or cancelled run writes its logs and run record but never a realisation, so
 failures are never cached. A kill at any point leaves only orphans in ``tmp/`` (work dirs,
 temp files), which ``qwex gc`` removes; nothing partial is ever visible under a final name.
+
+Against gc (spec/gc.md, "Running builds"): step 1 through the derivation record, and step
+4, each run under the shared gc lock; before the first phase releases it, the build holds
+a live-roots file naming its derivation record (whose closure is its snapshot and inputs)
+and, by its run id, its work dir. The command itself runs with no gc lock held.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from .config import qwex_home
 from .derivation import BlobInput, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
-from .errors import BuildCancelled, BuildFailed, DriverError, UserError
+from .errors import BuildCancelled, BuildFailed, DriverError, StoreError, UserError
 from .globs import Selector
 from .index import Index, IndexedRealisation, RunSummary
+from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .locks import KeyLock
 from .manifest import Entry, FileEntry, Manifest
 from .plan import Plan
@@ -105,6 +111,17 @@ async def _store_inputs(store: Store, plan: Plan) -> None:
         for fi in plan.file_inputs:
             if fi.manifest is not None:
                 await store.put_manifest(fi.manifest)
+
+
+async def _check_tree_inputs(store: Store, plan: Plan) -> None:
+    """Refuse a tree input whose manifest is gone: an upstream resolved from the index
+    before the gc lock was taken may have been dropped by ``qwex gc`` since (spec/gc.md)."""
+    trees = {dest: inp.manifest for dest, inp in plan.derivation.inputs.items() if isinstance(inp, TreeInput)}
+    there = await store.storage.exists([store.manifest_path(m) for m in trees.values()])
+    for (dest, digest), ok in zip(trees.items(), there, strict=True):
+        if not ok:
+            raise StoreError(f"{plan.drv_path}: input {dest!r}: manifest {digest} is no longer in the store "
+                             "(removed by qwex gc?); build again")
 
 
 Staged = dict[str, tuple[tuple[int, int, int], str]]
@@ -230,13 +247,14 @@ async def realize(
         return hit
     tmp = scratch_dir(store)
     async with KeyLock(tmp, key, on_wait):
-        real = await store.get_realisation(key)
-        if real is not None:  # built meanwhile, or the index lags the store
-            manifest = await store.get_manifest(real.manifest)
-            result = _result(key, True, real.run_id, real.manifest, manifest)
-            with index.writer() as w:
-                w.realisation(key, _indexed(result, real.created_ns))
-            return result
+        async with GcLock(tmp, exclusive=False):  # gc must not remove what is being indexed
+            real = await store.get_realisation(key)
+            if real is not None:  # built meanwhile, or the index lags the store
+                manifest = await store.get_manifest(real.manifest)
+                result = _result(key, True, real.run_id, real.manifest, manifest)
+                with index.writer() as w:
+                    w.realisation(key, _indexed(result, real.created_ns))
+                return result
         drv = driver or load_driver(driver_for(plan.layers))
         return await _run(store, index, plan, drv, tmp, on_log, progress, environ or dict(os.environ))
 
@@ -262,13 +280,43 @@ async def _run(
     environ: dict[str, str],
 ) -> BuildResult:
     """Prepare, execute and record one run. The caller holds the key's lock."""
-    key = plan.key
     assert plan.repo is not None and plan.commit is not None
-    snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
-    await _store_inputs(store, plan)
-    await store.storage.sync()  # snapshot and inputs are durable before the records naming them
-    drv_hash = await store.put_derivation(plan.record(snapshot))
     run_id = new_run_id()
+    # Prepare phase under the shared gc lock: gc cannot sweep what is written here before
+    # the live-roots file names it (and an object found present stays present).
+    async with GcLock(tmp, exclusive=False):
+        snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
+        await _store_inputs(store, plan)
+        await _check_tree_inputs(store, plan)
+        await store.storage.sync()  # snapshot and inputs are durable before the records naming them
+        drv_hash = await store.put_derivation(plan.record(snapshot))
+        live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
+    record_lock = GcLock(tmp, exclusive=False)
+    try:
+        return await _execute_and_record(
+            store, index, plan, driver, tmp, run_id, drv_hash, record_lock, on_log, progress, environ
+        )
+    finally:
+        record_lock.release()
+        live.release()  # after the work dir is gone: gc removes a work dir with no live root
+
+
+async def _execute_and_record(
+    store: Store,
+    index: Index,
+    plan: Plan,
+    driver: Driver,
+    tmp: str,
+    run_id: str,
+    drv_hash: str,
+    record_lock: GcLock,
+    on_log: Callable[[str, bytes], None],
+    progress: Progress | None,
+    environ: dict[str, str],
+) -> BuildResult:
+    """Stage the work dir, run the job with no gc lock held, then take ``record_lock`` and
+    record the outcome."""
+    key = plan.key
     rundir = os.path.join(tmp, "runs", run_id)
     workdir = os.path.join(rundir, "work")
     staged = await _stage(store, plan, workdir)
@@ -290,6 +338,8 @@ async def _run(
         shutil.rmtree(rundir, ignore_errors=True)  # the backend failed, not the command: no run
         raise
 
+    # Record phase: under the shared gc lock, released by _run once this returns or raises.
+    await record_lock.acquire()
     # Decide the run's status; on success ingest the outputs (blobs, then the manifest).
     status: RunStatus = "cancelled" if outcome is None else outcome.status
     message = "" if outcome is None else outcome.message

@@ -28,8 +28,9 @@ import msgspec
 
 from .digest import hash_bytes, hex_of
 from .errors import KeyLookupError, StoreError
+from .faults import crashpoint
 
-__all__ = ["Index", "IndexedRealisation", "RunSummary", "StatEntry"]
+__all__ = ["Index", "IndexEntries", "IndexWriter", "IndexedRealisation", "RunSummary", "StatEntry"]
 
 _MAP_SIZE: Final = 1 << 36  # 64 GiB of address space; the file grows only as used
 _DBS: Final = (b"real", b"runs", b"drv", b"snap", b"stat")
@@ -54,6 +55,15 @@ class RunSummary(msgspec.Struct, array_like=True):
     exit_code: int | None
     started_ns: int
     finished_ns: int
+
+
+class IndexEntries(msgspec.Struct):
+    """What the index names: realised keys, run ids, derivation hashes, commit -> snapshot."""
+
+    realisations: set[str]
+    runs: set[str]
+    derivations: set[str]
+    snapshots: dict[str, str]
 
 
 class StatEntry(msgspec.Struct, array_like=True):
@@ -211,6 +221,21 @@ class Index:
             for k, v in txn.cursor():
                 yield "blake3:" + k.decode(), _real_dec.decode(v)
 
+    def entries(self) -> IndexEntries:
+        """Every key of ``real``, ``runs``, ``drv`` and ``snap`` (one read transaction), so
+        that gc and verify can make the index agree with the store."""
+        with self.env.begin() as txn:
+            def keys(db: str) -> list[str]:
+                return [k.decode() for k in txn.cursor(db=self._db[db]).iternext(values=False)]
+
+            snaps = {k.decode(): v.decode() for k, v in txn.cursor(db=self._db["snap"])}
+            return IndexEntries(
+                realisations={f"blake3:{k}" for k in keys("real")},
+                runs=set(keys("runs")),
+                derivations={f"blake3:{k}" for k in keys("drv")},
+                snapshots=snaps,
+            )
+
 
 class IndexWriter:
     """Batches index writes into one LMDB transaction (one fsync)."""
@@ -226,6 +251,7 @@ class IndexWriter:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         assert self._txn is not None
         if exc_type is None:
+            crashpoint("index.commit")
             self._txn.commit()
         else:
             self._txn.abort()
@@ -248,6 +274,24 @@ class IndexWriter:
 
     def stat(self, path: str, entry: StatEntry) -> None:
         self._put("stat", _stat_key(path), _enc.encode(entry))
+
+    # Deletes (gc, verify --repair). They run before the store objects go, so the index
+    # never names an object the store lacks (spec/gc.md); a missing entry is not an error.
+    def _delete(self, db: str, key: bytes) -> None:
+        assert self._txn is not None
+        self._txn.delete(key, db=self._index._db[db])
+
+    def delete_realisation(self, key: str) -> None:
+        self._delete("real", hex_of(key).encode())
+
+    def delete_run(self, run_id: str) -> None:
+        self._delete("runs", run_id.encode())
+
+    def delete_derivation(self, digest: str) -> None:
+        self._delete("drv", hex_of(digest).encode())
+
+    def delete_snapshot(self, commit: str) -> None:
+        self._delete("snap", commit.encode())
 
     def drop_all(self) -> None:
         """Empty every database except the stat cache (used by rebuild)."""

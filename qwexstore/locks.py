@@ -16,10 +16,36 @@ from collections.abc import Callable
 
 from .digest import hex_of
 
-__all__ = ["KeyLock"]
+__all__ = ["KeyLock", "flock_wait"]
 
 #: Seconds between attempts while another process holds the key.
 POLL_S = 0.1
+
+
+async def flock_wait(path: str, mode: int, on_busy: Callable[[int], None] | None = None) -> int:
+    """Open (creating) ``path`` and take ``flock(mode)`` on it; return the descriptor.
+
+    Polls every POLL_S rather than blocking, so the wait stays cancellable; ``on_busy(fd)``
+    is called once, the first time the lock is found held.
+    """
+    import asyncio
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    told = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if not told and on_busy is not None:
+                    on_busy(fd)
+                told = True
+                await asyncio.sleep(POLL_S)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class KeyLock:
@@ -33,25 +59,12 @@ class KeyLock:
 
     async def __aenter__(self) -> KeyLock:
         """Acquire, polling so that the wait stays cancellable (Ctrl-C while waiting)."""
-        import asyncio
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        told = False
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not told and self.on_wait is not None:
-                        owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                        self.on_wait(owner)
-                    told = True
-                    await asyncio.sleep(POLL_S)
-        except BaseException:
-            os.close(fd)
-            raise
+        def busy(fd: int) -> None:
+            if self.on_wait is not None:
+                self.on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
+
+        fd = await flock_wait(self.path, fcntl.LOCK_EX, busy)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

@@ -22,6 +22,7 @@ from typing import Final
 
 from .digest import hash_file
 from .errors import CorruptObject, StoreError
+from .faults import crashpoint
 from .index import Index
 from .records import Snapshot
 from .source import Repo
@@ -75,6 +76,7 @@ async def take_snapshot(store: Store, index: Index, repo: Repo, commit: str, tmp
         os.unlink(path + ".pack")
         blob = hash_file(path)
         await store.storage.put_file(store.blob_path(blob), path, consume=True)
+        crashpoint("snapshot")
     finally:
         for p in (path, path + ".pack"):
             if os.path.exists(p):

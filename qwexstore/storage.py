@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from .errors import ObjectNotFound, StoreError
+from .faults import crashpoint
 
 T = TypeVar("T")
 
@@ -118,6 +119,7 @@ class LocalStorage:
 
     def _publish(self, tmp: str, final: str) -> bool:
         """Hard-link ``tmp`` to ``final`` (no clobber), then drop ``tmp``."""
+        crashpoint("tmp")
         try:
             self._link(tmp, final)
             return True
@@ -157,6 +159,7 @@ class LocalStorage:
                     raise
             else:
                 os.unlink(src)
+                crashpoint("blob")
                 return True
         if os.path.lexists(final):
             return False

@@ -9,6 +9,7 @@ Layout (format version 1)::
     derivations/<h2>/<hex>          derivation records (the hash is over the derivation)
     runs/<run-id>                   run records, one per execution
     realisations/<h2>/<key-hex>     realisations: key -> output manifest
+    pins/<h2>/<key-hex>             pins: gc roots that ``--older-than`` never drops (pins.py)
     tmp/                            scratch (temporary files, work dirs); never read
 
 ``<h2>`` is the first two hex digits. Every name is derivable from a digest or run id, so
@@ -30,6 +31,7 @@ from . import canonical
 from .derivation import derivation_hash
 from .digest import hash_bytes, hash_tagged, hex_of
 from .errors import CorruptObject, ObjectNotFound, StoreError
+from .faults import crashpoint
 from .manifest import Manifest
 from .records import DerivationRecord, Realisation, RunRecord, Snapshot
 from .storage import LocalStorage, Storage, open_storage
@@ -89,6 +91,10 @@ class Store:
     def run_path(run_id: str) -> str:
         return f"runs/{run_id}"
 
+    @staticmethod
+    def pin_path(key: str) -> str:
+        return _fan("pins", key)
+
     # -- blobs -------------------------------------------------------------------------
     async def put_blob(self, data: bytes) -> str:
         """Store raw bytes; return their digest. Idempotent."""
@@ -109,6 +115,7 @@ class Store:
     async def put_manifest(self, manifest: Manifest) -> str:
         digest = manifest.digest()
         await self.storage.put(self.manifest_path(digest), manifest.canonical())
+        crashpoint("manifest")
         return digest
 
     async def get_manifest(self, digest: str) -> Manifest:
@@ -154,6 +161,7 @@ class Store:
     # -- runs and realisations ------------------------------------------------------------
     async def put_run(self, run: RunRecord) -> None:
         await self.storage.put(self.run_path(run.run_id), canonical.encode(run))
+        crashpoint("run")
 
     async def get_run(self, run_id: str) -> RunRecord:
         path = self.run_path(run_id)
@@ -161,7 +169,9 @@ class Store:
 
     async def put_realisation(self, real: Realisation) -> bool:
         """Write a realisation. The caller MUST have made everything it names durable."""
-        return await self.storage.put(self.realisation_path(real.key), canonical.encode(real))
+        written = await self.storage.put(self.realisation_path(real.key), canonical.encode(real))
+        crashpoint("realisation")
+        return written
 
     async def get_realisation(self, key: str) -> Realisation | None:
         path = self.realisation_path(key)

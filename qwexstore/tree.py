@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 from .digest import hash_file
 from .errors import UserError
+from .faults import crashpoint
 from .index import Index, StatEntry
 from .manifest import Entry, FileEntry, Manifest, SymlinkEntry, check_relpath
 from .store import Store
@@ -94,6 +95,7 @@ def hash_entries(
             digest = hash_file(s.abspath, s.st.st_size)
             if index is not None:
                 fresh.append((s.abspath, StatEntry.of(s.st, digest)))
+        crashpoint("hash")
         if progress is not None:
             done += s.st.st_size
             progress(done, total)
@@ -143,6 +145,7 @@ async def materialize(store: Store, manifest: Manifest, dest: str, *, link: bool
         if isinstance(e, SymlinkEntry):
             os.symlink(e.target, target)
             continue
+        crashpoint("materialize")
         await store.storage.get_file(store.blob_path(e.digest), target, link=link)
         st = os.stat(target)
         if bool(st.st_mode & stat.S_IXUSR) != e.executable:

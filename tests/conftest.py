@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +345,15 @@ def dataset(tmp_path: Path) -> Path:
     p = d / "raw.csv"
     p.write_text("a,b\n1,2\n")
     return p
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> None:
+    """Poll ``pred()`` every 20 ms until true; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def read_lines(path: Path) -> list[str]:

@@ -10,15 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import GitRepo, Qwex, drv_text, job, read_lines
-
-
-def _wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from conftest import GitRepo, Qwex, drv_text, job, read_lines, wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -96,7 +88,7 @@ def test_ctrl_c_stops_the_job_group_and_records_cancelled(
 
     proc = qwex.popen("build", "t.drv", cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(read_lines(pids)) == 3, 10, "the job to start its children")
+        wait_for(lambda: len(read_lines(pids)) == 3, 10, "the job to start its children")
         job_pids = [int(x) for x in read_lines(pids)]
         shell = job_pids[-1]
         assert os.getpgid(shell) == shell  # the job leads its own process group
@@ -116,7 +108,7 @@ def test_ctrl_c_stops_the_job_group_and_records_cancelled(
     assert elapsed < 10
     assert b"Traceback" not in err
     assert b"cancelled" in err
-    _wait_for(lambda: not any(_alive(p) for p in job_pids), 2, "the job's processes to be gone")
+    wait_for(lambda: not any(_alive(p) for p in job_pids), 2, "the job's processes to be gone")
     assert _group_members(shell) == []
 
     show = qwex.json("show", key)
@@ -167,7 +159,7 @@ def test_stray_background_child_does_not_hold_the_build(
     assert b"main-done" in out
     # the job is over: what it left behind was stopped with it
     stray = int(read_lines(pid_file)[0])
-    _wait_for(lambda: not _alive(stray), 2, "the stray child to be stopped")
+    wait_for(lambda: not _alive(stray), 2, "the stray child to be stopped")
 
 
 def test_ctrl_c_while_waiting_for_another_build(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
@@ -178,7 +170,7 @@ def test_ctrl_c_while_waiting_for_another_build(qwex: Qwex, git_repo: GitRepo, t
     git_repo.commit("drv", {"t.drv": drv_text(slow)})
     first = qwex.popen("build", "t.drv", cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: len(read_lines(counter)) == 1, 10, "the first build to start its job")
+        wait_for(lambda: len(read_lines(counter)) == 1, 10, "the first build to start its job")
         waiter = qwex.popen("build", "t.drv", cwd=git_repo.path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
         try:

@@ -34,7 +34,8 @@ def populate(qwex: Qwex, repo: GitRepo) -> str:
     """Two commits, a pipeline of two, a plain build and a failed run; the root key."""
     repo.commit("drvs", {
         "up.drv": drv_text(job("--out", "u=1"), name="up", include=["job.py"]),
-        "down.drv": drv_text(job("--copy", "up/out/u=u2"), name="down", include=["job.py"], inputs={"up": "drv:up.drv"}),
+        "down.drv": drv_text(job("--copy", "up/out/u=u2"), name="down", include=["job.py"],
+                             inputs={"up": "drv:up.drv"}),
         "fail.drv": drv_text(job("--exit", "4"), name="fail"),
     })
     root = qwex.build("down.drv", cwd=repo.path).key

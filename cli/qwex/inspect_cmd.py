@@ -12,8 +12,7 @@ import typer
 from qwexstore.errors import UserError
 
 from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
-
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+from ._options import Json
 
 
 def _when(ns: int) -> str:
@@ -74,7 +73,7 @@ def show(
                 if hasattr(e, "digest"):
                     t.add_row(e.path, human_size(e.size), e.digest[:19])  # type: ignore[union-attr]
                 else:
-                    t.add_row(e.path, "symlink", f"-> {e.target}")  # type: ignore[union-attr]
+                    t.add_row(e.path, "symlink", f"-> {e.target}")
             con.print(t)
 
     run_async(go)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd
+from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, maint_cmd
 from ._ctx import STATE
 
 app = typer.Typer(
@@ -45,6 +45,10 @@ app.command()(inspect_cmd.ls)
 app.command()(checkout_cmd.checkout)
 app.command()(diff_cmd.diff)
 app.add_typer(index_cmd.app, name="index")
+app.command()(maint_cmd.verify)
+app.command()(maint_cmd.gc)
+app.command()(maint_cmd.pin)
+app.command()(maint_cmd.unpin)
 
 
 def main() -> None:
