@@ -1,13 +1,13 @@
 """Garbage collection: remove every store object no root reaches (spec/gc.md).
 
 Roots are the realisations (less, with ``older_than``, the unpinned ones created before
-the cutoff), the pins, and the live roots of running builds (liveroots.py). Everything
-they reach through :mod:`.reach` stays; every other object goes: unreferenced blobs and
-manifests, failed and cancelled run records with their logs, derivation records and
-snapshots that no kept run needs. The scratch directory loses the work dirs and temp
-files of dead builds. The whole mark and sweep runs under the exclusive gc lock, and
-deletes in the reverse of the write order (index entries first), so a ``kill -9`` of gc
-at any point leaves a consistent store.
+the cutoff that no kept realisation was built from), the pins, and the live roots of
+running builds (liveroots.py). Everything they reach through :mod:`.reach` stays; every
+other object goes: unreferenced blobs and manifests, failed and cancelled run records with
+their logs, derivation records and snapshots that no kept run needs. The scratch directory
+loses the work dirs and temp files of dead builds. The whole mark and sweep runs under the
+exclusive gc lock, and deletes in the reverse of the write order (index entries first), so
+a ``kill -9`` of gc at any point leaves a consistent store.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ async def collect_garbage(
                                      "run `qwex verify --repair` first") from None
                 if real is not None and real.created_ns < now - older_than_ns:
                     dropped.append(r)
+            dropped = await _spare_upstreams(store, reals, dropped)
         roots = [r for r in reals if r not in set(dropped)]
         roots += [r for r in refs if r.kind == "pin"]
         roots += [Ref("derivation", lr.drv) for lr in roots_scan.live]
@@ -185,6 +186,29 @@ async def collect_garbage(
         tmp_bytes=tmp_bytes,
         live=roots_scan.live,
     )
+
+
+async def _spare_upstreams(store: Store, reals: list[Ref], dropped: list[Ref]) -> list[Ref]:
+    """``dropped`` less every realisation that a kept one was built from, transitively
+    (its derivation record's ``upstreams``): a kept result keeps its pipeline cached, so
+    building its .drv again runs nothing."""
+    drop = set(dropped)
+    todo = [r for r in reals if r not in drop]
+    while todo and drop:
+        real = await store.get_realisation(todo.pop().id)
+        if real is None:
+            continue
+        try:
+            record = await store.get_derivation((await store.get_run(real.run_id)).drv)
+        except StoreError as e:
+            raise StoreError(f"gc stopped before deleting anything: {e}; "
+                             "run `qwex verify --repair` first") from None
+        for key in record.upstreams.values():
+            ref = Ref("realisation", key)
+            if ref in drop:
+                drop.discard(ref)
+                todo.append(ref)
+    return [r for r in dropped if r in drop]
 
 
 def _index_count(entries: IndexEntries, garbage: list[Ref]) -> int:

@@ -99,6 +99,28 @@ def test_older_than_drops_unpinned_realisations_only(qwex: Qwex, git_repo: GitRe
     assert not qwex.build("a.drv", cwd=git_repo.path).cached
 
 
+def test_a_kept_realisation_keeps_the_upstreams_it_was_built_from(
+    qwex: Qwex, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """Pinning a pipeline's result keeps the whole pipeline cached through --older-than:
+    building it again runs nothing, not even the upstream stages."""
+    count = tmp_path / "count"
+    git_repo.commit("drvs", {
+        "up.drv": drv_text(job("--count", str(count), "--out", "u=1"), name="up", include=["job.py"]),
+        "down.drv": drv_text(job("--count", str(count), "--copy", "up/out/u=d"), name="down",
+                             include=["job.py"], inputs={"up": "drv:up.drv"}),
+        "other.drv": drv_text(job("--out", "o=1"), name="other", include=["job.py"]),
+    })
+    down = qwex.build("down.drv", cwd=git_repo.path)
+    other = qwex.build("other.drv", cwd=git_repo.path)
+    qwex.ok("pin", down.key)
+    doc = qwex.json("gc", "--older-than", "0s")
+    assert doc["dropped"] == [other.key]  # up is spared: down, pinned, was built from it
+    assert qwex.build("down.drv", cwd=git_repo.path).cached
+    assert len(read_lines(count)) == 2  # up and down ran once each, before the gc
+    assert qwex("verify").returncode == 0
+
+
 def test_bad_arguments_are_one_line_errors(qwex: Qwex, git_repo: GitRepo) -> None:
     git_repo.commit("drvs", {"f.drv": drv_text(job("--exit", "1"), name="f")})
     assert qwex("build", "f.drv", cwd=git_repo.path).returncode == 1
