@@ -4,11 +4,12 @@ cutoff, prefixed logs, a summary table, and failures that stop dependants only."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PY, GitRepo, Qwex, drv_text, parse_build
+from conftest import PY, GitRepo, Qwex, drv_text, parse_build, wait_for
 
 #: A pipeline stage: logs "start/end NAME <time>" to LOG, prints a line, sleeps, then writes
 #: out/NAME.txt = its inputs' text (files given with --read) plus its own tag.
@@ -237,3 +238,27 @@ def test_builders_of_different_keys_never_wait_on_each_other(
         assert b"waiting for" not in err
     (a0, a1), (b0, b1) = span(log, "a"), span(log, "b")
     assert a0 < b1 and b0 < a1, "two processes building different keys did not overlap"
+
+
+def test_ctrl_c_stops_every_running_derivation_and_records_them_cancelled(
+    qwex: Qwex, git_repo: GitRepo, log: Path
+) -> None:
+    diamond(git_repo, log, a=("--sleep", "30"), b=("--sleep", "30"))
+    proc = qwex.popen("build", "root.drv", "-j", "2", cwd=git_repo.path, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: sorted(ran(log)) == ["a", "b"], 20, "both upstreams to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    ours = [ln for ln in err.decode().splitlines() if " | " not in ln]  # not the jobs' own output
+    assert not [ln for ln in ours if "Traceback" in ln]
+    assert ours[-1].startswith("qwex: error: cancelled")
+    assert "qwex: 3 derivations: 2 cancelled, 1 skipped" in ours
+    runs = qwex.json("ls")
+    assert sorted((r["name"], r["status"]) for r in runs) == [("a", "cancelled"), ("b", "cancelled")]
+    assert [n for a_, n, _ in events(log) if a_ == "end"] == []  # both jobs were stopped
