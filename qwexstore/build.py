@@ -184,9 +184,11 @@ def _collect(workdir: str, patterns: list[str]) -> list[Scanned]:
 
 
 async def _ingest(store: Store, workdir: str, patterns: list[str], progress: Progress | None) -> Manifest:
-    """Hash outputs and move them into blobs; durable before the manifest is written."""
-    scanned = _collect(workdir, patterns)
-    entries: list[Entry] = hash_entries(scanned, None, progress)
+    """Hash outputs and move them into blobs; durable before the manifest is written.
+    Scanning and hashing run in a worker thread, so other derivations of a parallel build
+    keep streaming their logs meanwhile."""
+    scanned = await asyncio.to_thread(_collect, workdir, patterns)
+    entries: list[Entry] = await asyncio.to_thread(hash_entries, scanned, None, progress)
     manifest = Manifest.of(entries)
     await store.storage.sync()  # the job's bytes are durable before they get final names
     for s, e in zip(scanned, entries, strict=True):
