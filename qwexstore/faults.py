@@ -14,7 +14,7 @@ import signal
 
 __all__ = ["POINTS", "crashpoint"]
 
-#: Every crash point, in the order a build (then a checkout) reaches them.
+#: Every crash point, in the order a build (then a checkout, then gc) reaches them.
 POINTS = (
     "snapshot",  # a source bundle blob is stored, its snapshot record is not
     "hash",  # hashing outputs: some files hashed
@@ -25,6 +25,7 @@ POINTS = (
     "realisation",  # the realisation is stored, the index entries are not
     "index.commit",  # inside the index write transaction, before its commit
     "materialize",  # some files of a tree are in place (staging inputs, or a checkout)
+    "delete",  # gc or verify --repair: some objects deleted, in the reverse write order
 )
 
 _AT = os.environ.get("QWEX_TEST_CRASH_AT", "")

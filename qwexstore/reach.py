@@ -28,6 +28,7 @@ import msgspec
 from .derivation import BlobInput, DrvInput, TreeInput
 from .digest import is_digest
 from .errors import CorruptObject, KeyLookupError, ObjectNotFound, StoreError
+from .faults import crashpoint
 from .index import Index, IndexEntries
 from .manifest import FileEntry
 from .store import Store
@@ -278,6 +279,7 @@ async def remove(
         if by_kind[kind]:
             for r in by_kind[kind]:
                 await store.storage.delete(r.path)
+                crashpoint("delete")
             await store.storage.sync()
     stray_list = list(strays)
     for path in stray_list:

@@ -22,7 +22,7 @@ from conftest import GitRepo, Qwex, drv_text, job, parse_build
 
 from qwexstore.faults import POINTS
 
-BUILD_POINTS = [p for p in POINTS if p != "materialize"]
+BUILD_POINTS = [p for p in POINTS if p not in ("materialize", "delete")]
 
 
 def pipeline(repo: GitRepo, inputs_dir: Path, tag: str = "0") -> None:
@@ -98,6 +98,25 @@ def test_kill_mid_checkout_leaves_no_partial_destination(
     assert (dest / "out/sub/b").read_text() == "2"
 
 
+@pytest.mark.parametrize("nth", [1, 3, 6, 10])
+def test_kill_during_gc_leaves_the_store_consistent(
+    qwex: Qwex, git_repo: GitRepo, tmp_path: Path, nth: int
+) -> None:
+    pipeline(git_repo, tmp_path / "inputs")
+    down = qwex.build("down.drv", cwd=git_repo.path)
+    pipeline(git_repo, tmp_path / "inputs", tag="old")  # a second up; down is cut off (same key)
+    qwex.build("down.drv", cwd=git_repo.path)
+    git_repo.commit("fail", {"f.drv": drv_text(job("--out", "x=1", "--exit", "1"), name="f")})
+    assert qwex("build", "f.drv", cwd=git_repo.path).returncode == 1  # a failed run: garbage
+    qwex.ok("pin", down.key)
+    cp = qwex("gc", "--older-than", "0s", env={"QWEX_TEST_CRASH_AT": f"delete:{nth}"})
+    assert killed(cp), f"gc deleted fewer than {nth} objects: {cp.stdout}{cp.stderr}"
+    assert_consistent(qwex, f"gc's deletion #{nth}")
+    qwex.ok("gc", "--older-than", "0s")
+    assert_consistent(qwex, "a second gc")
+    assert qwex.build("down.drv", cwd=git_repo.path).key == down.key  # pinned: still realised
+
+
 def test_kill_at_random_instants(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
     """SIGKILL from outside at random instants of a build (the job may be running, hashing,
     ingesting or recording); the store stays consistent and a later build succeeds."""
@@ -107,7 +126,7 @@ def test_kill_at_random_instants(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) 
     qwex.build("down.drv", cwd=git_repo.path)
     full = time.monotonic() - t0  # an uninterrupted build of both derivations, from scratch
     for i in range(1, 13):
-        pipeline(git_repo, tmp_path / "inputs", tag=str(i))  # new keys: the build must run
+        pipeline(git_repo, tmp_path / "inputs", tag=str(i))  # a new key for up: it must run
         proc = qwex.popen("build", "down.drv", cwd=git_repo.path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.05, full))
