@@ -196,3 +196,50 @@ def test_ctrl_c_while_waiting_for_another_build(qwex: Qwex, git_repo: GitRepo, t
         if first.poll() is None:
             first.kill()
         first.communicate()
+
+
+def test_second_ctrl_c_kills_a_job_that_ignores_the_first(
+    qwex: Qwex, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """A job may handle SIGINT by finishing its epoch; a second Ctrl-C does not wait for
+    that grace period: the group is killed at once and the run recorded as cancelled."""
+    git_repo.commit("drv", {"t.drv": drv_text(
+        "trap 'echo got-INT' INT; echo started; for i in $(seq 1 60); do sleep 0.5; done; echo finished")})
+    proc = qwex.popen("build", "t.drv", cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert elapsed < 3, f"the second Ctrl-C took {elapsed:.1f}s"
+    assert b"finished" not in out
+    assert err.decode().splitlines()[1:] == ["qwex: interrupted"], err  # no asyncio noise
+    assert [r["status"] for r in qwex.json("ls")] == ["cancelled"]
+
+
+def test_reader_closing_the_pipe_does_not_disturb_the_build(qwex: Qwex, git_repo: GitRepo) -> None:
+    """`qwex build x.drv | head -2`: the job goes on, its run is recorded, and qwex prints
+    no traceback; the stored log has every line."""
+    git_repo.commit("drv", {"t.drv": drv_text(
+        "mkdir -p out; for i in $(seq 1 3000); do echo line $i; done; echo done > out/a")})
+    proc = qwex.popen("build", "t.drv", cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"line 1\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    assert proc.returncode == 1  # qwex could not print its result, like any tool behind `| head`
+    assert b"Traceback" not in err and b"Exception" not in err, err
+    (run,) = qwex.json("ls")
+    assert run["status"] == "succeeded"
+    assert qwex.ok("log", run["run_id"]).stdout.count("line ") == 3000

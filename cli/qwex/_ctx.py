@@ -55,13 +55,16 @@ def handles_errors(fn: F) -> F:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+            return result
         except QwexError as e:
             fail(e)
         except KeyboardInterrupt:
             print("qwex: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
-        except BrokenPipeError:
+        except BrokenPipeError:  # our reader went away (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
         except Exception as e:  # a bug: still one line, with the traceback on request
             if os.environ.get("QWEX_DEBUG"):
@@ -74,10 +77,23 @@ def handles_errors(fn: F) -> F:
 
 
 def run_async(make: Callable[[], Any]) -> Any:
-    """Run ``make()``'s coroutine with one ``asyncio.run`` (imported only when needed)."""
+    """Run ``make()``'s coroutine with one ``asyncio.run`` (imported only when needed).
+
+    A second Ctrl-C makes asyncio cancel every task again while shutting down; the runs
+    are still stopped and recorded, and the errors the tasks end with then (cancellations,
+    our own errors) are expected, not news: only anything else reaches asyncio's report.
+    """
     import asyncio
 
-    return asyncio.run(make())
+    def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), (asyncio.CancelledError, QwexError, KeyboardInterrupt)):
+            loop.default_exception_handler(context)
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(quiet)
+        return await make()
+
+    return asyncio.run(main())
 
 
 def emit_json(obj: Any) -> None:

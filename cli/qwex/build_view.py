@@ -17,16 +17,27 @@ def _stream(name: str, as_json: bool) -> TextIO:
     return sys.stdout if name == "stdout" and not as_json else sys.stderr
 
 
+def _echo(stream: str, as_json: bool, data: bytes) -> bool:
+    """Write job output to our terminal; False once the reader is gone (``| head``): the
+    build goes on, and the stored log stays complete."""
+    out = _stream(stream, as_json)
+    try:
+        out.buffer.write(data)
+        out.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream was closed after the pipe broke
+        return False
+    return True
+
+
 class RawLogs:
     """One derivation builds: its output passes through untouched, as it arrives."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.open = True
 
     def __call__(self, stream: str, chunk: bytes) -> None:
-        out = _stream(stream, self.as_json)
-        out.buffer.write(chunk)
-        out.flush()
+        self.open = self.open and _echo(stream, self.as_json, chunk)
 
     def close(self) -> None:
         """Nothing is held back."""
@@ -39,6 +50,7 @@ class PrefixedLogs:
     def __init__(self, name: str, width: int, as_json: bool) -> None:
         self.prefix = f"{name:<{width}} | ".encode()
         self.as_json = as_json
+        self.open = True
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
     def __call__(self, stream: str, chunk: bytes) -> None:
@@ -48,9 +60,8 @@ class PrefixedLogs:
             self._write(stream, lines)
 
     def _write(self, stream: str, lines: list[bytes]) -> None:
-        out = _stream(stream, self.as_json)
-        out.buffer.write(b"".join(self.prefix + line + b"\n" for line in lines))
-        out.flush()
+        data = b"".join(self.prefix + line + b"\n" for line in lines)
+        self.open = self.open and _echo(stream, self.as_json, data)
 
     def close(self) -> None:
         """Write what is left of unterminated last lines."""

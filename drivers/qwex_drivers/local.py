@@ -83,13 +83,18 @@ class LocalDriver:
 
     @staticmethod
     async def _stop(proc: subprocess.Popen[bytes]) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to the whole group, waiting GRACE_S between."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            _signal_group(proc.pid, sig)
-            try:
-                await asyncio.to_thread(proc.wait, GRACE_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        _signal_group(proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(proc.wait)
+        """SIGINT, then SIGTERM, then SIGKILL to the whole group, waiting GRACE_S between.
+
+        Interrupted again while waiting (a second Ctrl-C), it goes straight to SIGKILL: the
+        group is always gone when this returns or raises."""
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                _signal_group(proc.pid, sig)
+                try:
+                    await asyncio.to_thread(proc.wait, GRACE_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()  # prompt after SIGKILL; not awaited, so a further cancel cannot skip it
