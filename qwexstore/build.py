@@ -113,13 +113,21 @@ async def _store_inputs(store: Store, plan: Plan) -> None:
                 await store.put_manifest(fi.manifest)
 
 
-async def _check_tree_inputs(store: Store, plan: Plan) -> None:
+async def _check_tree_inputs(store: Store, index: Index, plan: Plan) -> None:
     """Refuse a tree input whose manifest is gone: an upstream resolved from the index
-    before the gc lock was taken may have been dropped by ``qwex gc`` since (spec/gc.md)."""
+    before the gc lock was taken may have been dropped by ``qwex gc`` since (spec/gc.md),
+    possibly by another machine. The upstream's stale index entry is dropped, so the next
+    build finds it unrealised and builds it."""
     trees = {dest: inp.manifest for dest, inp in plan.derivation.inputs.items() if isinstance(inp, TreeInput)}
     there = await store.storage.exists([store.manifest_path(m) for m in trees.values()])
     for (dest, digest), ok in zip(trees.items(), there, strict=True):
         if not ok:
+            up = plan.upstreams.get(dest)
+            if up is not None and up.derivation.is_resolved():
+                hit = index.realisation(up.key)
+                if hit is not None and hit.manifest == digest:
+                    with index.writer() as w:
+                        w.delete_realisation(up.key)
             raise StoreError(f"{plan.drv_path}: input {dest!r}: manifest {digest} is no longer in the store "
                              "(removed by qwex gc?); build again")
 
@@ -156,7 +164,11 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> Staged:
             staged[e.path] = ((st.st_ino, st.st_size, st.st_mtime_ns), e.digest)
     for pat in plan.derivation.outputs:
         if pat.endswith("/") and not glob.has_magic(pat):
-            os.makedirs(os.path.join(workdir, pat), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(workdir, pat), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise UserError(f"{plan.drv_path}: output {pat!r} is a directory, but a source file "
+                                "or an input of that name is in the way") from None
     for d in _PRIVATE:
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
     return staged
@@ -289,7 +301,7 @@ async def _run(
     async with GcLock(tmp, exclusive=False):
         snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
         await _store_inputs(store, plan)
-        await _check_tree_inputs(store, plan)
+        await _check_tree_inputs(store, index, plan)
         await store.storage.sync()  # snapshot and inputs are durable before the records naming them
         drv_hash = await store.put_derivation(plan.record(snapshot))
         live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
@@ -321,7 +333,11 @@ async def _execute_and_record(
     key = plan.key
     rundir = os.path.join(tmp, "runs", run_id)
     workdir = os.path.join(rundir, "work")
-    staged = await _stage(store, plan, workdir)
+    try:
+        staged = await _stage(store, plan, workdir)
+    except BaseException:
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise
     env, impure = base_env(plan, run_id, key, workdir, environ)
     rp = RunPlan(
         run_id=run_id,
@@ -339,8 +355,38 @@ async def _execute_and_record(
     except DriverError:
         shutil.rmtree(rundir, ignore_errors=True)  # the backend failed, not the command: no run
         raise
+    # The job has ended: record it even if interrupted now (Ctrl-C while outputs are being
+    # hashed must not throw a finished run away), then let the interruption proceed.
+    recording = asyncio.ensure_future(_record(
+        store, index, plan, driver, run_id, drv_hash, record_lock, rundir, staged, outcome, started,
+        impure, progress, environ,
+    ))
+    try:
+        return await asyncio.shield(recording)
+    except asyncio.CancelledError:
+        return await recording
 
-    # Record phase: under the shared gc lock, released by _run once this returns or raises.
+
+async def _record(
+    store: Store,
+    index: Index,
+    plan: Plan,
+    driver: Driver,
+    run_id: str,
+    drv_hash: str,
+    record_lock: GcLock,
+    rundir: str,
+    staged: Staged,
+    outcome: RunOutcome | None,
+    started: int,
+    impure: dict[str, str],
+    progress: Progress | None,
+    environ: dict[str, str],
+) -> BuildResult:
+    """Record an ended job under the shared gc lock (``record_lock``, released by _run):
+    outputs, logs, the run record, then (success only) the realisation and the index."""
+    key = plan.key
+    workdir = os.path.join(rundir, "work")
     await record_lock.acquire()
     # Decide the run's status; on success ingest the outputs (blobs, then the manifest).
     status: RunStatus = "cancelled" if outcome is None else outcome.status
@@ -353,8 +399,9 @@ async def _execute_and_record(
     elif outcome is not None and outcome.status == "succeeded":
         try:
             manifest = await _ingest(store, workdir, plan.derivation.outputs, progress)
-        except (ValueError, UserError) as e:
+        except (ValueError, UserError, OSError) as e:  # OSError: e.g. an unreadable output
             status, message = "failed", str(e)
+    message = message.encode("utf-8", "backslashreplace").decode()  # names may not be UTF-8
 
     # Logs, then the run record, then (success only) the realisation, then the index.
     logs = {}
@@ -414,6 +461,8 @@ async def _execute(
     files = {s: open(os.path.join(rundir, s), "wb") for s in ("stdout", "stderr")}  # noqa: SIM115
 
     def sink(stream: str, chunk: bytes) -> None:
+        if files[stream].closed:  # a chunk delivered after an interrupted run was recorded
+            return
         files[stream].write(chunk)
         on_log(stream, chunk)
 

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import StoreError, UserError
+from .errors import ObjectNotFound, StoreError, UserError
 from .index import Index, IndexEntries
 from .liveroots import GC_LOCK, ROOTS, GcLock, LiveRoot, scan_roots
 from .pins import pinned
@@ -200,6 +200,8 @@ async def _spare_upstreams(store: Store, reals: list[Ref], dropped: list[Ref]) -
             continue
         try:
             record = await store.get_derivation((await store.get_run(real.run_id)).drv)
+        except ObjectNotFound:  # nothing to spare through it (a missing object is verify's report)
+            continue
         except StoreError as e:
             raise StoreError(f"gc stopped before deleting anything: {e}; "
                              "run `qwex verify --repair` first") from None

@@ -22,7 +22,7 @@ import msgspec
 
 from .cache import BuildResult, lookup
 from .derivation import DrvInput, resolve
-from .errors import BuildCancelled, BuildFailed, QwexError, UserError
+from .errors import BuildCancelled, BuildFailed, UserError
 from .index import Index
 from .plan import Plan
 
@@ -36,7 +36,7 @@ NodeStatus = Literal["cached", "built", "failed", "skipped", "cancelled"]
 
 class NodeReport(msgspec.Struct):
     """How one node of the graph ended. ``key`` is None when it was never resolved;
-    ``error`` is what stopped a failed or cancelled node."""
+    ``error`` is what stopped a failed or cancelled node (a QwexError, or a bug's exception)."""
 
     name: str
     drv_path: str
@@ -45,7 +45,7 @@ class NodeReport(msgspec.Struct):
     duration_ns: int = 0
     message: str = ""
     result: BuildResult | None = None
-    error: QwexError | None = None
+    error: Exception | None = None
 
 
 def _blake3_upstreams(plan: Plan, index: Index) -> dict[str, str]:
@@ -134,17 +134,21 @@ async def realize_graph(
         if failed:
             report.message = f"not built: its upstream {failed[0]} did not build"
             return None
+        nonlocal stopped
         try:
             return await build_node(p, report, list(zip(p.upstreams.values(), results, strict=True)))
-        except QwexError as e:
+        except asyncio.CancelledError:
+            report.status, report.message = "cancelled", "interrupted"
+            raise
+        except Exception as e:  # one node's error, even a bug's, never aborts the others
             report.status = "cancelled" if isinstance(e, BuildCancelled) else "failed"
-            report.message, report.error = str(e), e
+            report.message, report.error = str(e) or type(e).__name__, e
+            stopped = stopped or (report.status == "failed" and not keep_going)
             return None
 
     async def build_node(
         p: Plan, report: NodeReport, ups: list[tuple[Plan, BuildResult | None]]
     ) -> BuildResult | None:
-        nonlocal stopped
         manifests = _blake3_upstreams(p, index)
         for up, r in ups:
             assert r is not None
@@ -163,9 +167,6 @@ async def realize_graph(
             t0 = time.monotonic_ns()
             try:
                 r = await build_one(resolved)
-            except BuildFailed:
-                stopped = stopped or not keep_going
-                raise
             finally:
                 report.duration_ns = time.monotonic_ns() - t0
         report.status, report.result = ("cached" if r.cached else "built"), r

@@ -150,3 +150,27 @@ def test_no_work_dirs_are_left_behind(qwex: Qwex, git_repo: GitRepo, tmp_path: P
     runs = qwex.store / "tmp" / "runs"
     assert not runs.exists() or list(runs.iterdir()) == []
     assert [r["status"] for r in qwex.json("ls")] == ["failed", "failed", "succeeded"]
+
+
+def test_output_name_that_is_not_utf8_fails_the_run_cleanly(qwex: Qwex, git_repo: GitRepo) -> None:
+    """A run record is JSON text: a job's non-UTF-8 output name fails the run (recorded,
+    with a readable message), never the build itself."""
+    git_repo.commit("drv", {"t.drv": drv_text(
+        ["python3", "-c", "import os; os.makedirs(b'out', exist_ok=True); open(b'out/\\xff.txt', 'w')"])})
+    cp = qwex("build", "t.drv", cwd=git_repo.path)
+    assert cp.returncode == 1, cp.stderr
+    assert "Traceback" not in cp.stderr and "internal error" not in cp.stderr
+    assert "not valid UTF-8" in cp.stderr.splitlines()[-1]
+    (run,) = qwex.json("ls")
+    assert run["status"] == "failed"
+    assert not list((qwex.store / "tmp" / "runs").iterdir())
+
+
+def test_output_dir_blocked_by_a_source_file_is_a_user_error(qwex: Qwex, git_repo: GitRepo) -> None:
+    git_repo.commit("drv", {"out": "a committed file named like the output dir\n",
+                            "t.drv": drv_text(job("--out", "a=1"), outputs=["out/"])})
+    cp = qwex("build", "t.drv", cwd=git_repo.path)
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr
+    assert "output 'out/' is a directory" in cp.stderr.splitlines()[-1]
+    assert not list((qwex.store / "tmp" / "runs").iterdir())

@@ -262,3 +262,32 @@ def test_ctrl_c_stops_every_running_derivation_and_records_them_cancelled(
     runs = qwex.json("ls")
     assert sorted((r["name"], r["status"]) for r in runs) == [("a", "cancelled"), ("b", "cancelled")]
     assert [n for a_, n, _ in events(log) if a_ == "end"] == []  # both jobs were stopped
+
+
+def test_any_node_error_fails_only_that_node(qwex: Qwex, git_repo: GitRepo, log: Path) -> None:
+    """A node that cannot even start (its output dir is blocked by a source file) fails
+    alone: with --keep-going its sibling builds; the exit is that error's (2, one line)."""
+    diamond(git_repo, log, b=("--sleep", "0.5"))
+    git_repo.commit("block", {"out": "not a directory\n", "a.drv": drv_text(
+        stage("a", log), name="a", outputs=["out/"])})  # a selects the whole tree: out is staged
+    cp = qwex("build", "root.drv", "-j", "2", "--keep-going", cwd=git_repo.path)
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr and "internal error" not in cp.stderr
+    assert cp.stderr.splitlines()[-1].startswith("qwex: error: ")
+    assert ran(log) == ["b"]
+    rows = {ln.split()[0]: ln.split()[1] for ln in cp.stderr.splitlines() if ln.startswith("  ")}
+    assert (rows["a"], rows["b"], rows["root"]) == ("failed", "built", "skipped")
+    # without --keep-going, the same failure stops b from starting (-j 1: a is first)
+    git_repo.commit("b2", {"b.drv": drv_text(stage("b", log, "--tag", "b2"), name="b",
+                                             include=["stage.py"])})
+    cp = qwex("build", "root.drv", "-j", "1", cwd=git_repo.path)
+    assert cp.returncode == 2 and ran(log) == ["b"], cp.stderr
+
+
+def test_json_reports_nodes_when_the_pipeline_fails(qwex: Qwex, git_repo: GitRepo, log: Path) -> None:
+    diamond(git_repo, log, a=("--fail", "4"))
+    cp = qwex("build", "root.drv", "-j", "1", "--keep-going", "--json", cwd=git_repo.path)
+    assert cp.returncode == 1, cp.stderr
+    doc = json.loads(cp.stdout)
+    assert "command exited with status 4" in doc["error"]
+    assert {n["name"]: n["status"] for n in doc["nodes"]} == {"a": "failed", "b": "built", "root": "skipped"}

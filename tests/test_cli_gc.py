@@ -304,3 +304,16 @@ def test_gc_lock_modes_and_live_roots(tmp_path: Path) -> None:
         holder.communicate()
     scan = scan_roots(scratch)
     assert scan.live == [] and scan.dead == ["run-1"]
+
+
+def test_older_than_is_not_stopped_by_a_missing_run_record(qwex: Qwex, git_repo: GitRepo) -> None:
+    """A missing object is verify's report; gc neither needs it nor refuses to run."""
+    git_repo.commit("drvs", {"a.drv": drv_text(job("--out", "a=1"), name="a"),
+                             "b.drv": drv_text(job("--out", "b=1"), name="b")})
+    a = qwex.build("a.drv", cwd=git_repo.path)
+    b = qwex.build("b.drv", cwd=git_repo.path)
+    qwex.ok("pin", a.key)
+    next((qwex.store / "runs").rglob(a.run_id)).unlink()  # the pinned key's run record
+    doc = qwex.json("gc", "--older-than", "0s")
+    assert doc["dropped"] == [b.key]
+    assert qwex("verify").returncode == 1  # and verify does report the missing record

@@ -10,7 +10,7 @@ import typer
 
 from qwexstore.cache import BuildResult, lookup
 from qwexstore.drvfile import DrvFile
-from qwexstore.errors import UserError
+from qwexstore.errors import QwexError, UserError
 from qwexstore.index import Index
 from qwexstore.plan import Plan, plan_file, plan_parsed
 
@@ -109,6 +109,10 @@ def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: b
     t0 = time.monotonic_ns()
     try:
         result = run_async(go)
+    except QwexError as e:
+        if as_json:  # scripts learn what failed, and which nodes did build
+            emit_json({"error": str(e), "nodes": [_node_json(r) for r in reports.values()]})
+        raise
     finally:
         if len(nodes) > 1 and reports and not as_json:
             print("\n".join(summary_lines(list(reports.values()))), file=sys.stderr)

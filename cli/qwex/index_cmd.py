@@ -21,6 +21,8 @@ app = typer.Typer(help="Maintain the local index (an accelerator rebuilt from th
 @handles_errors
 def rebuild(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Rebuild the index from the store's records (the stat cache is kept)."""
+    from qwexstore.build import scratch_dir
+    from qwexstore.liveroots import GcLock
     from qwexstore.reindex import RebuildReport, rebuild_index
     from qwexstore.store import open_store
 
@@ -34,7 +36,10 @@ def rebuild(json: Annotated[bool, typer.Option("--json", help="Machine-readable 
             print(f"qwex: the index was unreadable; moved it to {aside}", file=sys.stderr)
             index = open_index()
         with index:
-            return await rebuild_index(store, index)
+            # Shared gc lock: a concurrent gc cannot delete what the rebuild is indexing, so
+            # the index never names an object the store lacks.
+            async with GcLock(scratch_dir(store), exclusive=False):
+                return await rebuild_index(store, index)
 
     r = run_async(go)
     if json:
