@@ -22,6 +22,7 @@ and, by its run id, its work dir. The command itself runs with no gc lock held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import secrets
@@ -87,11 +88,12 @@ def base_env(
     return env, impure
 
 
-async def _store_inputs(store: Store, plan: Plan) -> None:
+async def _store_inputs(store: Store, plan: Plan, scratch: str) -> None:
     """Copy ``file:`` inputs into the store (never linked: the user may edit them).
 
-    A file not yet in the store is hashed again before it is copied, so an edit made since
-    planning is refused instead of being stored under the planned digest.
+    A file not yet in the store is copied into ``scratch`` and the *copy* is hashed: only
+    bytes that hash to the planned digest are published, so an edit made since planning
+    (even during the copy) is refused instead of being stored under that digest.
     """
     files: list[tuple[str, str]] = []
     for fi in plan.file_inputs:
@@ -103,9 +105,16 @@ async def _store_inputs(store: Store, plan: Plan) -> None:
     for (digest, path), there in zip(files, present, strict=True):
         if there:
             continue
-        if hash_file(path) != digest:
-            raise UserError(f"input {path} changed while qwex was building; build again")
-        await store.storage.put_file(store.blob_path(digest), path, consume=False)
+        copy = os.path.join(scratch, f"input-{secrets.token_hex(8)}")
+        try:
+            shutil.copyfile(path, copy)
+            shutil.copymode(path, copy)  # the executable bit goes with the blob
+            if hash_file(copy) != digest:
+                raise UserError(f"input {path} changed while qwex was building; build again")
+            await store.storage.put_file(store.blob_path(digest), copy, consume=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(copy)
     if plan.file_inputs:
         await store.storage.sync()
         for fi in plan.file_inputs:
@@ -300,7 +309,7 @@ async def _run(
     # the live-roots file names it (and an object found present stays present).
     async with GcLock(tmp, exclusive=False):
         snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
-        await _store_inputs(store, plan)
+        await _store_inputs(store, plan, tmp)
         await _check_tree_inputs(store, index, plan)
         await store.storage.sync()  # snapshot and inputs are durable before the records naming them
         drv_hash = await store.put_derivation(plan.record(snapshot))

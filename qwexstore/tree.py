@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 
 from .digest import hash_file
@@ -16,7 +17,12 @@ from .index import Index, StatEntry
 from .manifest import Entry, FileEntry, Manifest, SymlinkEntry, check_relpath
 from .store import Store
 
-__all__ = ["Scanned", "hash_entries", "materialize", "scan"]
+__all__ = ["RACY_NS", "Scanned", "hash_entries", "materialize", "scan"]
+
+#: A file modified less than this before it is hashed is not put in the stat cache: a
+#: change within the filesystem's timestamp granularity could keep its fingerprint (git's
+#: "racily clean" rule, spec/index.md). Such a file is simply hashed again next time.
+RACY_NS = 2_000_000_000
 
 #: ``progress(done_bytes, total_bytes)``, called as files are hashed.
 Progress = Callable[[int, int], None]
@@ -81,6 +87,7 @@ def hash_entries(
     """Manifest entries for scanned files. With ``index``, unchanged files are not re-read
     (stat cache: device, inode, size, mtime and ctime must all match)."""
     entries: list[Entry] = []
+    settled = time.time_ns() - RACY_NS  # files modified before this may be cached
     fresh: list[tuple[str, StatEntry]] = []
     total = sum(s.st.st_size for s in found) if progress is not None else 0
     done = 0
@@ -93,7 +100,7 @@ def hash_entries(
             digest = cached.digest
         else:
             digest = hash_file(s.abspath, s.st.st_size)
-            if index is not None:
+            if index is not None and s.st.st_mtime_ns < settled:
                 fresh.append((s.abspath, StatEntry.of(s.st, digest)))
         crashpoint("hash")
         if progress is not None:

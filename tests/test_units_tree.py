@@ -291,8 +291,36 @@ def _entries(root: Path, index: Index | None) -> dict[str, Any]:
     return {e.path: e for e in hash_entries(list(scan(str(root))), index)}
 
 
-def test_stat_cache_skips_unchanged_files(tmp_path: Path, index: Index, counted: list[str]) -> None:
+def _settled(root: Path) -> Path:
+    """Date every file under ``root`` an hour back: old enough for the stat cache."""
+    old = time.time_ns() - 3600 * 10**9
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.utime(p, ns=(old, old))
+    return root
+
+
+def test_stat_cache_skips_files_modified_moments_ago(
+    tmp_path: Path, index: Index, counted: list[str]
+) -> None:
+    """Racily clean: a file modified less than RACY_NS before hashing is not cached (a change
+    within the timestamp granularity could keep its fingerprint); once settled, it is."""
     src = _tree(tmp_path / "src")
+    _entries(src, index)
+    assert index.stat(str(src / "a.txt")) is None
+    counted.clear()
+    _entries(src, index)
+    assert len(counted) == 3  # hashed again
+    _settled(src)
+    _entries(src, index)
+    assert index.stat(str(src / "a.txt")) is not None
+    counted.clear()
+    _entries(src, index)
+    assert counted == []
+
+
+def test_stat_cache_skips_unchanged_files(tmp_path: Path, index: Index, counted: list[str]) -> None:
+    src = _settled(_tree(tmp_path / "src"))
     first = _entries(src, index)
     assert len(counted) == 3
     counted.clear()
@@ -312,7 +340,7 @@ def test_no_index_always_hashes(tmp_path: Path, counted: list[str]) -> None:
 def test_stat_cache_rehashes_same_size_change_with_restored_mtime(
     tmp_path: Path, index: Index, counted: list[str]
 ) -> None:
-    src = _tree(tmp_path / "src")
+    src = _settled(_tree(tmp_path / "src"))
     f = src / "a.txt"
     before = _entries(src, index)
     st0 = os.stat(f)
@@ -334,7 +362,7 @@ def test_stat_cache_rehashes_same_size_change_with_restored_mtime(
 
 
 def test_stat_cache_rehashes_replaced_file(tmp_path: Path, index: Index, counted: list[str]) -> None:
-    src = _tree(tmp_path / "src")
+    src = _settled(_tree(tmp_path / "src"))
     f = src / "a.txt"
     _entries(src, index)
     st0 = os.stat(f)
