@@ -28,7 +28,7 @@ import msgspec
 from .digest import hash_bytes, hash_file
 from .errors import ObjectNotFound
 from .index import Index, IndexEntries
-from .liveroots import GcLock
+from .liveroots import GcLock, scan_roots
 from .reach import Graph, Problem, Ref, list_objects, remove, stale_entries, walk
 from .store import Store
 
@@ -41,7 +41,8 @@ _BIG: Final = 4 * 1024 * 1024
 
 class VerifyReport(msgspec.Struct):
     """``objects`` checked, ``bytes_hashed``, the problems found and, with ``repair``,
-    the store paths removed and the number of index entries dropped."""
+    the store paths removed, the number of index entries dropped, and the paths kept
+    because a running build needs them (``in_use``; repair them after it ends)."""
 
     objects: int
     bytes_hashed: int
@@ -49,6 +50,7 @@ class VerifyReport(msgspec.Struct):
     problems: list[Problem]
     removed: list[str]
     index_removed: int
+    in_use: list[str] = msgspec.field(default_factory=list)
 
 
 def _hash_one(full: str, size: int) -> str | None:
@@ -155,13 +157,19 @@ async def verify(
             stale = await stale_entries(store, index.entries(), set(refs))
         problems = sorted([*graph.problems.values(), *strays], key=lambda p: p.path) + _stale_problems(stale)
         removed: list[str] = []
+        in_use: list[str] = []
         index_removed = 0
         if repair and problems:
+            # What running builds need stays, even if damaged: deleting it under them would
+            # leave their records naming missing objects. A later repair removes it.
+            live = await walk(store, [Ref("derivation", lr.drv) for lr in scan_roots(scratch).live])
             before = _count(index.entries())
-            removed = await _repair(store, index, graph, keys is not None, strays, stale)
+            removed, in_use = await _repair(
+                store, index, graph, keys is not None, strays, stale, {*live.edges, *live.problems}
+            )
             index_removed = before - _count(index.entries())
     objects = len(graph.edges) + len(graph.problems) + len(strays)
-    return VerifyReport(objects, nbytes, time.monotonic() - t0, problems, removed, index_removed)
+    return VerifyReport(objects, nbytes, time.monotonic() - t0, problems, removed, index_removed, in_use)
 
 
 def _count(e: IndexEntries) -> int:
@@ -169,13 +177,17 @@ def _count(e: IndexEntries) -> int:
 
 
 async def _repair(
-    store: Store, index: Index, graph: Graph, keyed: bool, strays: list[Problem], stale: IndexEntries
-) -> list[str]:
-    """Remove bad objects and their dependents; return the removed store paths."""
+    store: Store, index: Index, graph: Graph, keyed: bool, strays: list[Problem], stale: IndexEntries,
+    protected: set[Ref],
+) -> tuple[list[str], list[str]]:
+    """Remove bad objects and their dependents, except ``protected`` ones; return the
+    removed store paths and the protected ones that would have gone."""
     bad = set(graph.problems)
     # Dependents are searched in the whole store, so that no record outside the checked
     # closures is left naming a removed object (records only: blobs are not re-hashed).
     full = await walk(store, (await list_objects(store))[0], None) if keyed else graph
     doomed = full.dependents(bad) | {r for r, p in graph.problems.items() if p.state != "missing"}
+    kept = doomed & protected
+    doomed -= kept
     await remove(store, index, doomed, strays=[p.path for p in strays], entries=index.entries(), stale=stale)
-    return sorted([r.path for r in doomed] + [p.path for p in strays])
+    return sorted([r.path for r in doomed] + [p.path for p in strays]), sorted(r.path for r in kept)

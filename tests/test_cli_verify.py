@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import blake3
-from conftest import GitRepo, Qwex, assert_user_error, drv_text, job, read_lines
+from conftest import GitRepo, Qwex, assert_user_error, drv_text, job, read_lines, wait_for
 
 
 def _obj(qwex: Qwex, kind: str, digest: str) -> Path:
@@ -174,4 +175,38 @@ def test_strays_unreadable_records_and_stale_index_entries(
     assert _verify(qwex)[0] == 0
     assert not qwex.build("a.drv", cwd=git_repo.path).cached
     assert not qwex.build("b.drv", cwd=git_repo.path).cached
+    assert _verify(qwex)[0] == 0
+
+
+def test_repair_keeps_what_a_running_build_uses(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
+    """Damage reaching a running build's inputs is reported but kept until it ends: removing
+    it under the build would leave its records naming missing objects."""
+    data = tmp_path / "data.txt"
+    data.write_text("shared input\n")
+    started = tmp_path / "started"
+    git_repo.commit("drvs", {
+        "a.drv": drv_text(job("--out", "a=1"), name="a", inputs={"d.txt": f"file:{data}"}),
+        "slow.drv": drv_text(job("--count", str(started), "--sleep", "3", "--out", "s=1"), name="slow",
+                             inputs={"d.txt": f"file:{data}"}),
+    })
+    a = qwex.build("a.drv", cwd=git_repo.path)
+    blob = _obj(qwex, "blobs", "blake3:" + blake3.blake3(b"shared input\n").hexdigest())
+    slow = qwex.popen("build", "slow.drv", cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: read_lines(started) != [], 20, "the slow build to start its job")
+        rot = blob.with_name("rot")
+        rot.write_bytes(b"bit rot\n")
+        os.replace(rot, blob)  # a new inode: the job's staged link still has the good bytes
+        doc = json.loads(qwex("verify", "--repair", "--json").stdout)
+        rel = str(blob.relative_to(qwex.store))
+        assert {p["path"] for p in doc["problems"] if p["state"] == "corrupt"} == {rel}
+        assert rel in doc["in_use"]  # the running build's input
+        assert f"realisations/{a.key[7:9]}/{a.key[7:]}" in doc["removed"]  # a's result goes
+        _, err = slow.communicate(timeout=30)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+        slow.communicate()
+    assert slow.returncode == 0, err
+    assert _verify(qwex, "--repair")[0] == 1  # now nothing runs: the damage and slow's result go
     assert _verify(qwex)[0] == 0

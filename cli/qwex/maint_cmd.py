@@ -82,7 +82,7 @@ def verify(
     if json:
         emit_json({"objects": r.objects, "bytes_hashed": r.bytes_hashed, "seconds": r.seconds,
                    "problems": msgspec.to_builtins(r.problems), "removed": r.removed,
-                   "index_removed": r.index_removed})
+                   "index_removed": r.index_removed, "in_use": r.in_use})
     else:
         for p in r.problems:
             line = f"{p.state:<10} {p.kind:<11} {p.path}"
@@ -95,6 +95,8 @@ def verify(
             print(line)
         for path in r.removed:
             print(f"removed    {path}")
+        for path in r.in_use:
+            print(f"kept       {path}  (a running build uses it: repair again after it ends)")
         rate = f"{human_size(int(r.bytes_hashed / r.seconds))}/s" if r.seconds > 0 else "-"
         summary = (f"checked {r.objects} objects, hashed {human_size(r.bytes_hashed)} in {r.seconds:.2f}s "
                    f"({rate}): ")
