@@ -84,6 +84,8 @@ def test_older_than_drops_unpinned_realisations_only(qwex: Qwex, git_repo: GitRe
     assert qwex.ok("pin", a.run_id).stdout.strip() == f"{a.key} was already pinned"
     qwex.ok("index", "rebuild")  # pins live in the store, not the index
     assert qwex.json("pin") == [a.key]
+    assert qwex.json("show", a.key)["pinned"] is True and qwex.json("show", b.key)["pinned"] is False
+    assert "(pinned)" in qwex.ok("show", a.key).stdout.splitlines()[0]
 
     assert not qwex.json("gc", "--older-than", "30d")["dropped"]
     doc = qwex.json("gc", "--older-than", "0s")
@@ -94,6 +96,7 @@ def test_older_than_drops_unpinned_realisations_only(qwex: Qwex, git_repo: GitRe
 
     assert qwex.ok("unpin", a.key[7:13]).stdout.strip() == f"unpinned {a.key}"
     assert qwex.json("pin") == []
+    assert qwex.json("show", a.key)["pinned"] is False
     assert qwex.json("gc", "--older-than", "0s")["dropped"] == sorted([a.key, b.key])
     assert qwex("verify").returncode == 0
     assert not qwex.build("a.drv", cwd=git_repo.path).cached

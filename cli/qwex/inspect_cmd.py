@@ -35,12 +35,14 @@ def show(
             run = await resolve_run(store, index, key)
         record = await store.get_derivation(run.drv)
         manifest = await store.get_manifest(run.manifest) if run.manifest else None
+        is_pinned = await store.storage.exists([store.pin_path(run.key)]) == [True]
         if json:
             emit_json(
                 {
                     "run": msgspec.to_builtins(run),
                     "derivation": msgspec.to_builtins(record),
                     "outputs": msgspec.to_builtins(manifest.entries) if manifest else None,
+                    "pinned": is_pinned,
                 }
             )
             return
@@ -49,7 +51,7 @@ def show(
 
         con = Console()
         d = record.derivation
-        con.print(f"[bold]{run.name}[/]  key {run.key}")
+        con.print(f"[bold]{run.name}[/]  key {run.key}" + ("  (pinned)" if is_pinned else ""))
         con.print(
             f"run      {run.run_id}  {run.status}  exit {run.exit_code}  "
             f"{human_duration(run.duration_ns)}  {_when(run.started_ns)}  {run.user}@{run.host}"
