@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .schema import decode_json
+
 __all__ = ["decode", "encode"]
 
 T = TypeVar("T")
@@ -25,5 +27,6 @@ def encode(obj: Any) -> bytes:
 
 
 def decode(data: bytes, type: type[T]) -> T:
-    """Decode bytes into ``type``; raises msgspec.ValidationError / DecodeError."""
-    return msgspec.json.decode(data, type=type)
+    """Decode bytes into ``type``; raises :class:`~qwexstore.schema.FormatError` (a
+    ``msgspec.ValidationError``) in qwex's own words if they are not JSON of that type."""
+    return decode_json(data, type)

@@ -7,7 +7,9 @@ file's inputs, and the test asserts the file already holds exactly those values.
 Regeneration: ``QWEX_TEST_ACCEPT=1 .venv/bin/pytest tests/test_vectors.py`` rewrites the
 expected fields from the current code instead of comparing, so a format change shows up as
 a diff of ``spec/vectors/`` in review. Inputs are never rewritten. An expected error is a
-substring: a hand-shortened error string is kept as long as it still matches.
+substring: a hand-shortened error string is kept as long as it still matches. Errors are
+qwex's own words and classes (``FormatError``, ``DrvFileError``, ...), never msgspec's
+wording, so the vectors hold for every msgspec release pyproject.toml allows.
 
 A vector with ``"known_bug": "<why>"`` documents behaviour the spec requires and the code
 does not have yet; it runs as a strict xfail, so fixing the code makes it fail until the
@@ -42,6 +44,7 @@ from qwexstore.image import image_id
 from qwexstore.index import IndexedRealisation, RunSummary, StatEntry
 from qwexstore.manifest import Entry, Manifest
 from qwexstore.records import DerivationRecord, Realisation, RunRecord, Snapshot
+from qwexstore.schema import FormatError
 from qwexstore.snapshot import _header as bundle_header
 from qwexstore.source import Repo, SourceTree
 from qwexstore.store import Store, open_store
@@ -260,7 +263,8 @@ def h_decode_error(vec: Vector, path: Path, tmp: Path) -> None:
     data = input_bytes(vec)
     try:
         value = decode_checked(vec["type"], data)
-    except (msgspec.MsgspecError, ValueError) as e:
+    except (FormatError, ValueError) as e:  # never msgspec's own error, or its wording
+        vec["error_class"] = type(e).__name__
         set_error(vec, "error", str(e))
         return
     raise AssertionError(f"accepted, but the spec says it MUST be rejected: {value!r}")

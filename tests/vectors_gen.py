@@ -409,7 +409,7 @@ FILES["derivation/bad-layer-unknown-field.json"] = bad(
     "Placement fields (here kueue's queue) never appear in a derivation; a reader "
     "must reject them rather than drop them silently.",
     {**BASE, "layers": [{"kind": "kueue", "image": OCI, "queue": "gpu"}]},
-    error="unknown field `queue`",
+    error="layers[0].queue: unknown field",
     bug="SingularityIdentity/KueueIdentity lack forbid_unknown_fields=True (qwexstore/layers.py)",
 )
 FILES["derivation/bad-command-string.json"] = bad(
@@ -782,7 +782,7 @@ FILES["records/bad-realisation-missing-format.json"] = bad(
     "Realisation",
     "Every record names its format and version.",
     {k: v for k, v in _REAL.items() if k != "format"},
-    error="missing required field `format`",
+    error="missing required field 'format'",
     bug="msgspec treats the tag of a lone tagged struct as optional on decode (qwexstore/records.py)",
 )
 FILES["records/bad-realisation-signature.json"] = bad(
@@ -910,6 +910,29 @@ FILES["globs/bad-class.json"] = {
     "description": "A character class that is not a valid range is an invalid pattern.",
     "cases": [{"include": ["[z-a]"], "error": "invalid glob '[z-a]'"}],
 }
+FILES["globs/newlines.json"] = {
+    "kind": "globs",
+    "description": "A name is matched as the exact string: every construct (*, ?, [..], **, and "
+    "'everything below a match') also matches a newline in a name, never a '/'.",
+    "cases": [
+        {"include": ["out*"], "paths": ["out\nfile", "out/a\nb", "ou\nt", "x/out\n"]},
+        {"exclude": ["secret"], "paths": ["secret/key\nx", "secret\n", "secret\n/x", "secret"]},
+        {"include": ["a?b", "[\n]c"], "paths": ["a\nb", "a/b", "\nc", "\nc/d\ne"]},
+        {"include": ["**/k"], "paths": ["\n/k", "a\nb/c/k", "k\n"]},
+    ],
+}
+FILES["globs/bad-class-parse.json"] = {
+    "kind": "globs",
+    "description": "Every pattern that could fail later is refused when it is compiled (at "
+    ".drv parse time, outputs included): empty and POSIX classes are not supported.",
+    "cases": [
+        {"include": ["[]"]},
+        {"include": ["a[!]"]},
+        {"include": ["[[:alpha:]]"]},
+        {"exclude": ["x/[^]"]},
+        {"include": ["[b-a]x"]},
+    ],
+}
 FILES["image/ids.json"] = {
     "kind": "image-id",
     "description": "Image references to key ids. Pinned OCI references keep only the sha256; "
@@ -1030,6 +1053,16 @@ args = ["--writable-tmpfs"]
             "_validate)",
         },
     ),
+    "bad-outputs-glob-empty-class": ('command = "x"\noutputs = ["out/[]"]\n', {}),
+    "bad-outputs-glob-posix-class": ('command = "x"\noutputs = ["out/[[:alpha:]]*"]\n', {}),
+    "bad-outputs-glob-range": ('command = "x"\noutputs = ["out/[z-a].txt"]\n', {}),
+    "bad-command-nul": ('command = ["python", "a\\u0000b"]\n', {}),
+    "bad-command-string-nul": ('command = "echo a\\u0000b"\n', {}),
+    "bad-var-nul": ('command = "x"\n[env]\nvars = {FOO = "a\\u0000b"}\n', {}),
+    "bad-layer-nul": ('command = "x"\n[[layers]]\nkind = "ssh"\nhost = "h\\u0000x"\n', {}),
+    "bad-unknown-field-suggest": ('command = "x"\noutptus = ["x"]\n', {}),
+    "bad-layer-unknown-field-suggest": ('command = "x"\n[[layers]]\nkind = "slurm"\npartiton = "gpu"\n', {}),
+    "bad-var-value-int-names-var": ('command = "x"\n[env]\nvars = {A = "1", LR = 0.1}\n', {}),
     "bad-source-rev-int": ('command = "x"\n[source]\nrev = 3\n', {}),
     "bad-input-scheme": ('command = "x"\n[inputs]\n"data" = "http://example.com/x"\n', {}),
     "bad-input-empty-ref": ('command = "x"\n[inputs]\n"data" = "file:"\n', {}),
