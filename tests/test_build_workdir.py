@@ -24,12 +24,13 @@ def test_work_dir_holds_only_selected_files_inputs_and_outputs(
     git_repo.commit("code", {
         "src/model.py": "W = 1\n", "src/data/loader.py": "L = 1\n", "docs/guide.md": "no\n",
         "notes.txt": "no\n", "src/scratch.tmp": "excluded\n",
-        "t.drv": drv_text(job("--report", str(report)), include=["job.py", "src"],
+        "t.drv": drv_text(job("--report", str(report), "--out", "a=1"), include=["job.py", "src"],
                           exclude=["**/*.tmp"],
                           inputs={"data/raw.csv": "file:../datasets/raw.csv",
                                   "images": "file:../datasets/images"}),
     })
-    git_repo.write({"src/untracked.py": "x\n", "scratch.txt": "x\n"})  # untracked: never staged
+    git_repo.write({"src/untracked.py": "x\n", "scratch.txt": "x\n",  # ignored: never staged
+                    ".git/info/exclude": "untracked.py\nscratch.txt\n"})
     qwex.build("t.drv", cwd=git_repo.path)
     r = _report(report)
     assert r["files"] == sorted([
@@ -63,9 +64,9 @@ def test_job_environment_is_exactly_controlled(
     assert env["QWEX_RUN_ID"] == run_id
     run_dir = os.path.realpath(env["QWEX_RUN_DIR"])
     assert os.path.realpath(r["cwd"]) == run_dir
-    for name in ("HOME", "TMPDIR"):
+    for name in ("HOME", "TMPDIR"):  # private to the run, beside the work dir (never in it)
         p = os.path.realpath(env[name])
-        assert p.startswith(run_dir + os.sep), (name, p, run_dir)
+        assert os.path.dirname(p) == os.path.dirname(run_dir), (name, p, run_dir)
     assert not run_dir.startswith(str(git_repo.path))  # never the user's checkout
     allowed = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONHASHSEED", "LR", "WANDB_API_KEY",
                "QWEX_KEY", "QWEX_RUN_ID", "QWEX_RUN_DIR"}

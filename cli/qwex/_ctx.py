@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from qwexstore.config import qwex_home
-from qwexstore.digest import hash_bytes, hex_of
-from qwexstore.errors import QwexError
+from qwexstore.errors import BuildCancelled, QwexError
 from qwexstore.index import Index
+from qwexstore.location import StoreLocation, locate_store
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from qwexstore.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,26 +27,51 @@ class State:
     """Per-invocation settings from the global options."""
 
     store_location: str | None = None
+    located: StoreLocation | None = None  # found once per invocation (reads config files)
+    stopped_by: int | None = None  # SIGTERM or SIGHUP received during run_async
 
 
 STATE = State()
 
 
+def location() -> StoreLocation:
+    """The store this invocation uses (``--store`` > ``$QWEX_STORE`` > config > default)."""
+    if STATE.located is None:
+        STATE.located = locate_store(STATE.store_location)
+    return STATE.located
+
+
 def store_location() -> str:
-    """``--store``, else ``$QWEX_STORE``, else ``$QWEX_HOME/store``."""
-    loc = STATE.store_location or os.environ.get("QWEX_STORE") or os.path.join(qwex_home(), "store")
-    return loc if "://" in loc else os.path.abspath(os.path.expanduser(loc))
+    """The store's path or URL."""
+    return location().url
 
 
 def index_path() -> str:
-    """Where the current store's local index lives: ``$QWEX_HOME/index/<16 hex of the location>``."""
-    tag = hex_of(hash_bytes(store_location().encode()))[:16]
-    return os.path.join(qwex_home(), "index", tag)
+    """Where the current store's local index lives."""
+    return location().index_path()
 
 
-def open_index() -> Index:
-    """The local index of the current store (StoreError if it is unreadable)."""
-    return Index(index_path())
+def open_index(*, create_store: bool = False) -> Index:
+    """The local index of the current store (StoreError if it is unreadable).
+
+    Unless ``create_store`` (build and run, which create the store on first use), a
+    location without a store is the UserError "no qwex store at X", and nothing is
+    created: no index for a store that does not exist.
+    """
+    loc = location()
+    if not create_store:
+        loc.require()
+    return Index(loc.index_path())
+
+
+async def open_store(*, create: bool = False) -> Store:
+    """Open the current store; see :meth:`StoreLocation.open`. A store created at a chosen
+    location is announced on stderr (a typo in ``--store`` should not go unnoticed)."""
+
+    def told(msg: str) -> None:
+        print(f"qwex: {msg}", file=sys.stderr)
+
+    return await location().open(create=create, on_create=told)
 
 
 def fail(err: QwexError) -> None:
@@ -58,11 +89,14 @@ def handles_errors(fn: F) -> F:
             result = fn(*args, **kwargs)
             sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
             return result
+        except BuildCancelled as e:  # exit 128+N for the signal that stopped us (130: Ctrl-C)
+            print(f"qwex: error: {e}", file=sys.stderr)
+            raise SystemExit(_interrupted_status()) from None
         except QwexError as e:
             fail(e)
         except KeyboardInterrupt:
-            print("qwex: interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+            print("qwex: interrupted" if STATE.stopped_by is None else "qwex: terminated", file=sys.stderr)
+            raise SystemExit(_interrupted_status()) from None
         except BrokenPipeError:  # our reader went away (`| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
@@ -76,8 +110,18 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _interrupted_status() -> int:
+    """128 + the signal that stopped qwex: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP)."""
+    return 128 + (STATE.stopped_by or signal.SIGINT)
+
+
 def run_async(make: Callable[[], Any]) -> Any:
     """Run ``make()``'s coroutine with one ``asyncio.run`` (imported only when needed).
+
+    SIGTERM and SIGHUP are handled like Ctrl-C (spec/runs.md, "Cancellation"): the main task
+    is cancelled, so running jobs are stopped and recorded as cancelled, and the signal is
+    remembered for the exit status (``handles_errors``). A second one cancels again, which
+    kills the jobs at once, as a second Ctrl-C does.
 
     A second Ctrl-C makes asyncio cancel every task again while shutting down; the runs
     are still stopped and recorded, and the errors the tasks end with then (cancellations,
@@ -90,10 +134,42 @@ def run_async(make: Callable[[], Any]) -> Any:
             loop.default_exception_handler(context)
 
     async def main() -> Any:
-        asyncio.get_running_loop().set_exception_handler(quiet)
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet)
+        task = asyncio.current_task()
+
+        def stop(sig: int) -> None:
+            STATE.stopped_by = sig
+            if task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+                loop.add_signal_handler(sig, stop, sig)
         return await make()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if STATE.stopped_by is None:
+            raise
+        raise KeyboardInterrupt from None  # stopped outside a build: "terminated", 128+N
+
+
+#: Wide enough that nothing piped is ever wrapped or cut (rich sizes tables to content).
+UNLIMITED = 1 << 20
+
+
+def piped() -> bool:
+    """stdout is not a terminal: print whole lines, never wrapped or cut to a width."""
+    return not sys.stdout.isatty()
+
+
+def console() -> Console:
+    """A rich console for stdout: the terminal's width on a terminal; piped, no limit."""
+    from rich.console import Console
+
+    return Console(width=UNLIMITED, soft_wrap=True) if piped() else Console()
 
 
 def emit_json(obj: Any) -> None:
