@@ -23,6 +23,7 @@ from typing import Final
 from .digest import hash_file
 from .errors import CorruptObject, StoreError
 from .faults import crashpoint
+from .gittree import GitEntry, write_tree
 from .index import Index
 from .records import Snapshot
 from .source import Repo
@@ -107,13 +108,16 @@ async def restore(
 ) -> list[str]:
     """Write the selected files of a snapshot's commit into ``dest``; return their paths.
 
-    Every bundle is verified against its digest. Needs dulwich, not the git command.
+    Every bundle is verified against its digest; files are written by
+    :func:`qwexstore.gittree.write_tree` (the code path that stages a job's source), which
+    re-hashes every blob and refuses, before writing anything, names that ``git fsck``
+    refuses (StoreError). Needs dulwich, not the git command.
     """
     from dulwich.objects import Blob, Commit, Tree
     from dulwich.repo import Repo as DRepo
 
     snap = await store.get_snapshot(snapshot_digest)
-    written: list[str] = []
+    where = store.snapshot_path(snapshot_digest)
     with tempfile.TemporaryDirectory(prefix="qwex-restore-") as tmp:
         drepo = DRepo.init_bare(tmp)
         for digest in snap.bundles:
@@ -127,11 +131,14 @@ async def restore(
             commit_pack()
         commit = drepo[snap.commit.encode()]
         if not isinstance(commit, Commit):
-            raise CorruptObject(store.snapshot_path(snapshot_digest), "a commit", snap.commit)
+            raise CorruptObject(where, "a commit", snap.commit)
+
+        entries: list[GitEntry] = []
 
         def walk(tree_id: bytes, prefix: str) -> None:
             tree = drepo[tree_id]
-            assert isinstance(tree, Tree)
+            if not isinstance(tree, Tree):
+                raise CorruptObject(where, "a tree", tree_id.decode())
             for entry in tree.iteritems():
                 name = entry.path.decode("utf-8", errors="surrogateescape")
                 if name in ("", ".", "..") or "/" in name or "\0" in name:
@@ -144,21 +151,19 @@ async def restore(
                     continue
                 if paths is not None and not paths(rel):
                     continue
-                obj = drepo[entry.sha]
-                assert isinstance(obj, Blob)
-                full = os.path.join(dest, rel)
-                os.makedirs(os.path.dirname(full), exist_ok=True)
-                if stat.S_ISLNK(entry.mode):
-                    os.symlink(obj.data, full)
-                else:
-                    with open(full, "wb") as fh:
-                        fh.write(obj.data)
-                    if entry.mode & 0o100:
-                        os.chmod(full, 0o755)
-                written.append(rel)
+                entries.append(GitEntry(rel, entry.mode, entry.sha.decode()))
+
+        def read_blob(oid: str) -> bytes:
+            obj = drepo[oid.encode()]
+            if not isinstance(obj, Blob):
+                raise CorruptObject(where, f"git blob {oid}", obj.type_name.decode())
+            return obj.as_raw_string()
 
         try:
             walk(commit.tree, "")
+            written = write_tree(
+                entries, read_blob, dest, lambda m: StoreError(f"snapshot {snapshot_digest}: {m}")
+            )
         finally:
             drepo.close()
     return written

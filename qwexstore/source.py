@@ -5,13 +5,16 @@ The identity of a source is the digest of its *selected tree* (spec/derivation.m
 so rewording a commit message or touching unselected files is not a new run.
 
 Reading the user's repository uses the ``git`` command (fast, and present wherever a repo
-is); recreating a tree from the store (:mod:`qwexstore.restore`) needs only dulwich.
+is); recreating a tree from the store (:mod:`qwexstore.snapshot`) needs only dulwich.
+Both write files through :func:`qwexstore.gittree.write_tree`, from raw blobs.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
+import threading
 from collections.abc import Sequence
 
 import msgspec
@@ -19,6 +22,7 @@ import msgspec
 from . import canonical
 from .digest import hash_tagged
 from .errors import SourceError
+from .gittree import GitEntry, check_git_path, write_tree
 from .globs import Selector
 
 __all__ = [
@@ -29,6 +33,15 @@ __all__ = [
 ]
 
 _GITLINK = "160000"
+#: A ``ls-tree -z`` record (``<meta>\t<path>\0``; meta holds hex ids and type words, never
+#: "git") whose path git might refuse contains one of these, once lowercased: a superset of
+#: what gittree.check_git_path refuses (HFS ignorables are U+200C..U+206F and U+FEFF).
+_SUSPECT_LS = (
+    b"git", b"mailmap", b"\\", b"\xe2\x80", b"\xe2\x81", b"\xef\xbb\xbf", b"//", b"\t/", b"/\0", b"\t\0",
+    b"/./", b"/../", b"\t./", b"\t../", b"/.\0", b"/..\0", b"\t.\0", b"\t..\0",
+)
+_LFS_ATTR = b"filter=lfs"
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 
 
 class SourceEntry(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -51,13 +64,18 @@ class SourceTree(msgspec.Struct, forbid_unknown_fields=True):
         return [e.path for e in self.entries]
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of every git call: replace refs off, so objects are what their ids say."""
+    return {**os.environ, "GIT_NO_REPLACE_OBJECTS": "1", **extra}
+
+
 def _git(repo: str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
     try:
         proc = subprocess.run(
             ["git", "-C", repo, *args],
             input=input,
             capture_output=True,
-            env=env,
+            env=env if env is not None else _env(),
             check=False,
         )
     except FileNotFoundError:
@@ -103,10 +121,19 @@ class Repo:
         except SourceError:
             return None
 
-    def tree(self, commit: str, selector: Selector) -> SourceTree:
-        """The selected entries of a commit's tree, sorted by path. Submodules are refused."""
+    def tree(self, commit: str, selector: Selector, *, strict: bool = False) -> SourceTree:
+        """The selected entries of a commit's tree, sorted by path. Submodules are refused.
+
+        ``strict`` (planning) also refuses, with SourceError naming the file or pattern: a
+        selected name that git refuses to check out (:func:`qwexstore.gittree.check_git_path`),
+        an ``include`` pattern that matches no path of the tree, and selected git-lfs
+        pointer files (:meth:`_refuse_lfs_pointers`).
+        """
         out = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", commit)
         entries: list[SourceEntry] = []
+        pending = {p: Selector([p], []) for p in selector.include} if strict else {}
+        attrs: list[str] = []
+        suspects = _suspect_paths(out) if strict else set()
         for rec in out.split(b"\0"):
             if not rec:
                 continue
@@ -121,45 +148,130 @@ class Repo:
                         f"selected file name is not UTF-8: {raw!r}; rename it or add it to [source] exclude"
                     ) from None
                 continue
+            if pending:
+                for pat in [p for p, sel in pending.items() if sel(path)]:
+                    del pending[pat]
+            if strict and path.rpartition("/")[2] == ".gitattributes" and mode != "120000":
+                attrs.append(oid)
             if not selector(path):
                 continue
             if mode == _GITLINK:
                 raise SourceError(
                     f"submodule {path} is selected; submodules are not supported: add it to [source] exclude"
                 )
+            if raw in suspects and (why := check_git_path(path, int(mode, 8))) is not None:
+                raise SourceError(
+                    f"selected file {why}; git refuses to check such a name out: "
+                    "rename it or add it to [source] exclude",
+                    (path,),
+                )
             entries.append(SourceEntry(path=path, mode=mode, oid=f"git-sha1:{oid}"))
+        if pending:
+            pat = next(iter(pending))
+            raise SourceError(
+                f"[source] include pattern {pat!r} matches no file of commit {commit[:12]} in {self.root}"
+                " (is it committed? remove the pattern or fix it)",
+            )
         entries.sort(key=lambda e: e.path)
-        return SourceTree(entries)
+        tree = SourceTree(entries)
+        if strict:
+            self._refuse_lfs_pointers(tree, attrs)
+        return tree
 
-    def dirty(self, selector: Selector) -> list[str]:
-        """Selected tracked files whose working-tree or index state differs from HEAD."""
-        out = _git(self.root, "status", "--porcelain=v1", "-z", "--untracked-files=no")
+    def _refuse_lfs_pointers(self, tree: SourceTree, attr_oids: list[str]) -> None:
+        """SourceError naming the selected git-lfs pointer files, if any.
+
+        Cheap gate first: only if one of the tree's ``.gitattributes`` files (or
+        ``.git/info/attributes``) mentions ``filter=lfs`` are sizes read (one
+        ``git cat-file --batch-check``) and the blobs under 1024 bytes read (one
+        ``git cat-file --batch``) to look for the pointer header. A pointer is what git
+        stores, so it is what the job would see: the data itself must be a ``file:`` input.
+        """
+        lfs = False
+        info = os.path.join(self.root, ".git", "info", "attributes")
+        if os.path.isfile(info):
+            with open(info, "rb") as f:
+                lfs = _LFS_ATTR in f.read()
+        if not lfs and attr_oids:
+            with _BatchReader(self.root, attr_oids) as reader:
+                lfs = any(_LFS_ATTR in reader.read(o) for o in attr_oids)
+        if not lfs:
+            return
+        files = [e for e in tree.entries if e.mode != "120000"]
+        if not files:
+            return
+        ids = "".join(f"{_hex(e.oid)}\n" for e in files).encode()
+        out = _git(self.root, "cat-file", "--batch-check", input=ids)
+        small = [e for e, line in zip(files, out.decode().splitlines(), strict=True)
+                 if int(line.split()[2]) < 1024]
+        if not small:
+            return
+        with _BatchReader(self.root, [_hex(e.oid) for e in small]) as reader:
+            pointers = [e.path for e in small if reader.read(_hex(e.oid)).startswith(_LFS_POINTER)]
+        if pointers:
+            shown = ", ".join(pointers[:5]) + (f" and {len(pointers) - 5} more" if len(pointers) > 5 else "")
+            raise SourceError(
+                f"selected files are git-lfs pointers, not data: {shown}; the job would see the "
+                "pointer text: declare the data as a `file:` input (or add the files to [source] exclude)",
+                tuple(pointers),
+            )
+
+    def changes(self, selector: Selector) -> tuple[list[str], list[str]]:
+        """(changed, untracked): selected tracked files whose working-tree or index state
+        differs from HEAD, and selected untracked files that are not ignored. One
+        ``git status``."""
+        out = _git(self.root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
         recs = out.split(b"\0")
-        paths: list[str] = []
+        changed: set[str] = set()
+        untracked: set[str] = set()
         i = 0
         while i < len(recs):
             rec = recs[i]
             i += 1
             if len(rec) < 4:
                 continue
-            paths.append(rec[3:].decode("utf-8", errors="surrogateescape"))
+            path = rec[3:].decode("utf-8", errors="surrogateescape")
+            (untracked if rec[:2] == b"??" else changed).add(path)
             if rec[:1] in (b"R", b"C"):
-                paths.append(recs[i].decode("utf-8", errors="surrogateescape"))
+                changed.add(recs[i].decode("utf-8", errors="surrogateescape"))
                 i += 1
-        return sorted({p for p in paths if selector(p)})
+        return sorted(p for p in changed if selector(p)), sorted(p for p in untracked if selector(p))
 
-    def snapshot_worktree(self) -> str:
-        """A commit of the working tree's tracked files that no branch points to.
+    def snapshot_worktree(self, paths: Sequence[str]) -> str:
+        """A commit of HEAD with ``paths`` taken from the working tree (added, changed or
+        deleted), that no ref points to; HEAD itself if nothing differs.
 
-        Uses ``git stash create``: refs, index and working tree are left untouched.
+        Built with a temporary index outside the repository (``read-tree HEAD``,
+        ``add -A``, ``write-tree``, ``commit-tree -p HEAD``): refs, the real index and the
+        working tree are left untouched. Author, committer and date are fixed, so the same
+        state gives the same commit (and its snapshot is reused).
         """
-        out = _git(self.root, "stash", "create", "qwex --allow-dirty snapshot").decode().strip()
         head = self.head()
-        if out:
-            return out
         if head is None:
             raise SourceError(f"{self.root} has no commits; commit your source first")
-        return head
+        if not paths:
+            return head
+        fd, idx = tempfile.mkstemp(prefix="qwex-index-")
+        os.close(fd)
+        env = _env(
+            GIT_INDEX_FILE=idx,
+            GIT_LITERAL_PATHSPECS="1",
+            GIT_AUTHOR_NAME="qwex", GIT_AUTHOR_EMAIL="qwex@localhost", GIT_AUTHOR_DATE="@0 +0000",
+            GIT_COMMITTER_NAME="qwex", GIT_COMMITTER_EMAIL="qwex@localhost", GIT_COMMITTER_DATE="@0 +0000",
+        )
+        try:
+            os.unlink(idx)  # git wants to create the index itself
+            _git(self.root, "read-tree", head, env=env)
+            stdin = b"\0".join(p.encode("utf-8", errors="surrogateescape") for p in paths) + b"\0"
+            _git(self.root, "add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                 input=stdin, env=env)
+            tree = _git(self.root, "write-tree", env=env).decode().strip()
+            return _git(self.root, "commit-tree", tree, "-p", head, "-m", "qwex --allow-dirty snapshot",
+                        env=env).decode().strip()
+        finally:
+            for p in (idx, idx + ".lock"):
+                if os.path.exists(p):
+                    os.unlink(p)
 
     def ancestors(self, commit: str, limit: int) -> list[str]:
         """Up to ``limit`` commits reachable from ``commit``, newest first (itself included)."""
@@ -179,25 +291,103 @@ class Repo:
         if proc.returncode != 0:
             raise SourceError(f"git pack-objects failed: {proc.stderr.decode(errors='replace').strip()}")
 
-    def stage(self, commit: str, paths: Sequence[str], dest: str) -> None:
-        """Write the listed paths of ``commit`` into directory ``dest`` (git checkout-index)."""
-        os.makedirs(dest, exist_ok=True)
-        if not paths:
+    def stage(self, tree: SourceTree, dest: str) -> None:
+        """Write ``tree``'s entries into directory ``dest`` from the raw git objects.
+
+        Blobs are read with one ``git cat-file --batch`` (raw bytes: no attributes, no
+        ``core.autocrlf``, no smudge filters, no replace refs) and written by
+        :func:`qwexstore.gittree.write_tree`, the code path of snapshot restore, which
+        re-hashes every blob against its entry. ``dest`` then holds exactly the tree's
+        files and nothing else. SourceError if a name is unsafe or an object is missing or
+        does not hash to its id.
+        """
+        entries = [GitEntry(e.path, int(e.mode, 8), _hex(e.oid)) for e in tree.entries]
+        if not entries:
+            os.makedirs(dest, exist_ok=True)
             return
-        idx = os.path.join(dest, ".qwex-index")
-        env = {**os.environ, "GIT_INDEX_FILE": idx}
+        with _BatchReader(self.root, [e.oid for e in entries]) as reader:
+            write_tree(entries, reader.read, dest, lambda m: SourceError(f"{self.root}: {m}"))
+
+
+def _suspect_paths(listing: bytes) -> set[bytes]:
+    """The raw paths of ``ls-tree -z`` records that git might refuse: a few substring scans
+    of the whole listing (about a millisecond per MB), so a clean tree costs no per-path check."""
+    low = listing.lower()
+    found: set[bytes] = set()
+    for needle in _SUSPECT_LS:
+        i = low.find(needle)
+        while i >= 0:
+            end = listing.find(b"\0", i)
+            end = len(listing) if end < 0 else end
+            found.add(listing[listing.rfind(b"\0", 0, i) + 1 : end].partition(b"\t")[2])
+            i = low.find(needle, end + 1)
+    return found
+
+
+def _hex(oid: str) -> str:
+    """The hex part of a ``git-sha1:<hex>`` object id."""
+    return oid.partition(":")[2]
+
+
+class _BatchReader:
+    """Raw blobs from one ``git cat-file --batch`` process, read in a fixed order.
+
+    A thread feeds every requested id up front (so git streams without a round trip per
+    object); :meth:`read` must be called once per id, in the same order. ``--batch``
+    without ``--filters``/``--textconv`` prints an object's stored content unconverted.
+    """
+
+    def __init__(self, root: str, oids: Sequence[str]) -> None:
+        self.root = root
+        self.oids = list(oids)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.feeder: threading.Thread | None = None
+
+    def __enter__(self) -> _BatchReader:
         try:
-            _git(self.root, "read-tree", commit, env=env)
-            stdin = b"\0".join(p.encode("utf-8", errors="surrogateescape") for p in paths) + b"\0"
-            _git(
-                self.root,
-                "checkout-index",
-                "-z",
-                "--stdin",
-                f"--prefix={dest.rstrip('/')}/",
-                input=stdin,
-                env=env,
+            self.proc = subprocess.Popen(
+                ["git", "-C", self.root, "cat-file", "--batch"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=_env(),
             )
-        finally:
-            if os.path.exists(idx):
-                os.unlink(idx)
+        except FileNotFoundError:
+            raise SourceError("the git command is not installed; qwex reads repositories with it") from None
+        stdin = self.proc.stdin
+        assert stdin is not None
+        data = "".join(f"{o}\n" for o in self.oids).encode()
+
+        def feed() -> None:
+            try:
+                stdin.write(data)
+                stdin.close()
+            except OSError:  # git exited early; read() reports it
+                pass
+
+        self.feeder = threading.Thread(target=feed, daemon=True)
+        self.feeder.start()
+        return self
+
+    def read(self, oid: str) -> bytes:
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout
+        header = out.readline().split()
+        if len(header) != 3 or header[0].decode() != oid or header[1] != b"blob":
+            shown = b" ".join(header).decode(errors="replace") or "no answer"
+            raise SourceError(f"{self.root}: cannot read git blob {oid}: {shown}")
+        size = int(header[2])
+        data = out.read(size)
+        if len(data) != size or out.read(1) != b"\n":
+            raise SourceError(f"{self.root}: git cat-file returned a short object {oid}")
+        return data
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.feeder is not None:
+            self.feeder.join()

@@ -1,5 +1,6 @@
 """Dirty working trees: refused when a selected tracked file changed, snapshotted with
-``--allow-dirty``; untracked files never reach the job."""
+``--allow-dirty``; ignored files never reach the job (untracked selected files: see
+test_integrity_source.py)."""
 
 from __future__ import annotations
 
@@ -70,11 +71,12 @@ def test_allow_dirty_snapshots_the_working_tree(qwex: Qwex, git_repo: GitRepo, t
     assert len(read_lines(counter)) == 1
 
 
-def test_untracked_files_never_reach_the_work_dir(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
+def test_ignored_files_never_reach_the_work_dir(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
     counter, report = tmp_path / "counter", tmp_path / "r.json"
     _setup(git_repo, report, counter)
-    # matches the include globs, but untracked
-    git_repo.write({"secret.py": "TOKEN = 1\n", "local_notes.py": "x\n"})
+    # matches the include globs, but untracked and ignored
+    git_repo.write({"secret.py": "TOKEN = 1\n", "local_notes.py": "x\n",
+                    ".git/info/exclude": "secret.py\nlocal_notes.py\n"})
     qwex.build("t.drv", cwd=git_repo.path)
     files = json.loads(report.read_text())["files"]
     assert "secret.py" not in files and "local_notes.py" not in files
