@@ -28,6 +28,7 @@ from pathlib import Path
 from harness import Bench, CommandFailed, Ctx, Record, Skip, Tools, log, rmtree
 from index_scale import bench_index_scale
 from ingest import bench_ingest_1gib, bench_ingest_small
+from materialize import bench_materialize
 from pipelines import bench_cache_hit, bench_pipeline_3stage
 from report import README, merge_results, meta_info, render_markdown, update_readme
 from snapshots import bench_snapshot, bench_snapshot_incremental, bench_snapshot_nanogpt
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Bench] = {
     "pipeline_3stage": bench_pipeline_3stage,
     "ingest_1gib": bench_ingest_1gib,
     "ingest_10k": bench_ingest_small,
+    "materialize": bench_materialize,
     "snapshot": bench_snapshot,
     "snapshot_incremental": bench_snapshot_incremental,
     "snapshot_nanogpt": bench_snapshot_nanogpt,

@@ -98,7 +98,9 @@ class CorruptObject(StoreError):
         self.path = path
         self.expected = expected
         self.actual = actual
-        super().__init__(f"corrupt object {path}: expected {expected}, got {actual}")
+        super().__init__(
+            f"corrupt object {path}: expected {expected}, got {actual} (run `qwex verify --repair`)"
+        )
 
 
 class BuildFailed(QwexError):

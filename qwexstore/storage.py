@@ -34,8 +34,9 @@ __all__ = ["Capabilities", "FsspecStorage", "LocalStorage", "Storage", "open_sto
 class Capabilities(msgspec.Struct, frozen=True):
     """What a backend can do beyond the protocol.
 
-    ``local_root``: the objects are plain files under this directory, so callers may hard
-    link them out (checkout) and ``put_file(consume=True)`` renames instead of copying.
+    ``local_root``: the objects are plain files under this directory, so callers may copy
+    them with the kernel's help (or hard-link them out, when a user explicitly asks:
+    ``checkout --link``), and ``put_file(consume=True)`` renames instead of copying.
     """
 
     local_root: str | None = None
@@ -64,8 +65,9 @@ class Storage(Protocol):
         """The object's bytes; raise ObjectNotFound."""
         ...
 
-    async def get_file(self, path: str, dest: str, *, link: bool) -> None:
-        """Materialize the object at local path ``dest`` (hard link if ``link`` and possible)."""
+    async def get_file(self, path: str, dest: str) -> None:
+        """Copy the object's bytes, unverified, to the new local file ``dest`` (a raw
+        transfer: ``Store.materialize_blob`` verifies and publishes); raise ObjectNotFound."""
         ...
 
     async def list(self, prefix: str) -> list[str]:
@@ -183,19 +185,13 @@ class LocalStorage:
         except FileNotFoundError:
             raise ObjectNotFound(path) from None
 
-    async def get_file(self, path: str, dest: str, *, link: bool) -> None:
-        src = self._abs(path)
-        if not os.path.exists(src):
-            raise ObjectNotFound(path)
-        if link:
-            try:
-                os.link(src, dest)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-        shutil.copyfile(src, dest)
-        os.chmod(dest, 0o755 if os.stat(src).st_mode & 0o100 else 0o644)
+    async def get_file(self, path: str, dest: str) -> None:
+        try:
+            shutil.copyfile(self._abs(path), dest)  # never a link: no inode leaves the store
+        except FileNotFoundError:
+            if not os.path.exists(self._abs(path)):
+                raise ObjectNotFound(path) from None
+            raise
 
     async def list(self, prefix: str) -> list[str]:
         base = self._abs(prefix)
@@ -259,10 +255,11 @@ class FsspecStorage:
         except FileNotFoundError:
             raise ObjectNotFound(path) from None
 
-    async def get_file(self, path: str, dest: str, *, link: bool) -> None:
-        data = await self.get(path)
-        with open(dest, "wb") as f:
-            f.write(data)
+    async def get_file(self, path: str, dest: str) -> None:
+        try:
+            await _in_thread(self.fs.get_file, self._abs(path), dest)
+        except FileNotFoundError:
+            raise ObjectNotFound(path) from None
 
     async def list(self, prefix: str) -> list[str]:
         def work() -> list[str]:

@@ -1,10 +1,13 @@
 """Reading and writing trees of files: scan a directory into manifest entries, and
-materialize a manifest from the store. Never follows a symlink; never writes outside the
-destination root (manifest paths are validated, parents are checked with lstat).
+materialize a manifest from the store. Never writes outside the destination root (manifest
+paths are validated, parents are checked with lstat) nor through a symlink. Scanning
+records symlinks as symlinks, except in ``follow`` mode (``file:`` inputs), where links
+are followed and their targets' content is scanned in their place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -15,7 +18,7 @@ from .errors import UserError
 from .faults import crashpoint
 from .index import Index, StatEntry
 from .manifest import Entry, FileEntry, Manifest, SymlinkEntry, check_relpath
-from .store import Store
+from .store import BlobTarget, Store
 
 __all__ = ["RACY_NS", "Scanned", "hash_entries", "materialize", "scan"]
 
@@ -39,34 +42,75 @@ class Scanned:
         self.st = st
 
 
-def scan(root: str, rel: str = "", skip: Callable[[str], bool] | None = None) -> Iterator[Scanned]:
+def scan(
+    root: str, rel: str = "", skip: Callable[[str], bool] | None = None, *, follow: bool = False
+) -> Iterator[Scanned]:
     """Every file and symlink below ``root/rel`` (or ``rel`` itself), depth first.
 
     Other file types (sockets, fifos, devices) raise UserError naming the path.
+
+    With ``follow`` (``file:`` inputs: the job reads what links point to), symlinks are
+    followed and never yielded: a link to a file is yielded as a file at the link's path
+    with its target's stat (so the stat cache, keyed by that path, sees a retargeted link
+    as another file); a link to a directory contributes that directory's files under the
+    link's path. A dangling link, a cycle of links, or a link to anything but a regular
+    file or directory raises UserError naming the link.
     """
     start = os.path.join(root, rel) if rel else root
     parts = rel.split("/")[:-1] if rel else []
     for i in range(1, len(parts) + 1):
         parent = os.path.join(root, *parts[:i])
-        if os.path.islink(parent):
+        if not follow and os.path.islink(parent):
             raise UserError(f"{rel}: its parent {'/'.join(parts[:i])} is a symlink; qwex never follows one")
-    st = os.lstat(start)
+    st = _follow(start) if follow else os.lstat(start)
     if not stat.S_ISDIR(st.st_mode):
         yield _check(rel, start, st)
         return
-    stack = [rel]
+    # (relative dir, its path, the (dev, ino) of every directory from the root down to it)
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (rel, start, frozenset([(st.st_dev, st.st_ino)]))
+    ]
     while stack:
-        d = stack.pop()
-        with os.scandir(os.path.join(root, d) if d else root) as it:
+        d, dpath, above = stack.pop()
+        with os.scandir(dpath) as it:
             for de in it:
                 p = f"{d}/{de.name}" if d else de.name
                 if skip is not None and skip(p):
                     continue
                 st = de.stat(follow_symlinks=False)
+                if follow and stat.S_ISLNK(st.st_mode):
+                    st = _follow(de.path)
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append(p)
+                    here = (st.st_dev, st.st_ino)
+                    if here in above:
+                        raise UserError(f"{de.path}: symlink cycle (it leads back to a directory above it)")
+                    stack.append((p, de.path, above | {here}) if follow else (p, de.path, above))
                 else:
                     yield _check(p, de.path, st)
+
+
+def _follow(path: str) -> os.stat_result:
+    """The stat of what ``path`` leads to, following links; UserError for a dangling link,
+    a loop, or a target that is neither a regular file nor a directory."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: dangling symlink (to {_target(path)!r}); "
+                        "symlinks in an input are followed, and this one leads nowhere") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{path}: symlink loop (to {_target(path)!r})") from None
+        raise
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UserError(f"{path}: leads to {_target(path)!r}, which is not a regular file or directory")
+    return st
+
+
+def _target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return os.path.realpath(path)
 
 
 def _check(rel: str, abspath: str, st: os.stat_result) -> Scanned:
@@ -101,7 +145,11 @@ def hash_entries(
         else:
             digest = hash_file(s.abspath, s.st.st_size)
             if index is not None and s.st.st_mtime_ns < settled:
-                fresh.append((s.abspath, StatEntry.of(s.st, digest)))
+                entry = StatEntry.of(s.st, digest)
+                # Cache only what was hashed: a file replaced, or a link retargeted, between
+                # the scan and the hash would otherwise pair the old stat with new bytes.
+                if entry.matches(os.stat(s.abspath)):
+                    fresh.append((s.abspath, entry))
         crashpoint("hash")
         if progress is not None:
             done += s.st.st_size
@@ -134,17 +182,23 @@ def _safe_parent(root: str, rel: str) -> str:
     return os.path.join(root, rel)
 
 
-async def materialize(store: Store, manifest: Manifest, dest: str, *, link: bool) -> None:
-    """Write a manifest's tree under ``dest`` (files hard-linked from the store if ``link``).
+async def materialize(
+    store: Store, manifest: Manifest, dest: str, *, link: bool = False, read_only: bool = False
+) -> None:
+    """Write a manifest's tree under ``dest``: every file a verified copy of its blob
+    (:meth:`Store.materialize_blobs`), mode 0644/0755, or 0444/0555 with ``read_only``;
+    with ``link``, hard links to the (verified, read-only) blobs instead, which share the
+    store's inode: only ``qwex checkout --link`` asks for that.
 
-    Existing paths are an error (nothing is overwritten). Blobs are not re-verified here;
-    ``qwex verify`` does that.
+    Existing paths are an error (nothing is overwritten). A blob that does not hash to its
+    name is CorruptObject, and no file with its wrong bytes is left under the entry's path.
     """
     try:
         manifest.validate()
     except ValueError as err:
         raise UserError(f"refusing to materialize an invalid manifest: {err}") from None
     os.makedirs(dest, exist_ok=True)
+    targets: list[BlobTarget] = []
     for e in manifest.entries:
         target = _safe_parent(dest, e.path)
         if os.path.lexists(target):
@@ -152,13 +206,5 @@ async def materialize(store: Store, manifest: Manifest, dest: str, *, link: bool
         if isinstance(e, SymlinkEntry):
             os.symlink(e.target, target)
             continue
-        crashpoint("materialize")
-        await store.storage.get_file(store.blob_path(e.digest), target, link=link)
-        st = os.stat(target)
-        if bool(st.st_mode & stat.S_IXUSR) != e.executable:
-            # Blobs are shared by content; the mode belongs to the entry. A link cannot carry
-            # another mode, so such a file is copied.
-            if st.st_nlink > 1:
-                os.unlink(target)
-                await store.storage.get_file(store.blob_path(e.digest), target, link=False)
-            os.chmod(target, (0o555 if link else 0o755) if e.executable else (0o444 if link else 0o644))
+        targets.append(BlobTarget(e.digest, target, e.executable))
+    await store.materialize_blobs(targets, read_only=read_only, link=link)

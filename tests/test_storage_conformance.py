@@ -174,7 +174,7 @@ def test_get_file_copy(backend: Backend, tmp_path: Path) -> None:
     st = backend.storage
     run(st.put(P, b"content"))
     dest = tmp_path / "out"
-    run(st.get_file(P, str(dest), link=False))
+    run(st.get_file(P, str(dest)))
     assert dest.read_bytes() == b"content"
     if backend.local_root is not None:
         assert os.stat(dest).st_ino != os.stat(os.path.join(backend.local_root, P)).st_ino
@@ -184,23 +184,10 @@ def test_get_file_copy(backend: Backend, tmp_path: Path) -> None:
     assert run(st.get(P)) == b"content"
 
 
-def test_get_file_link(backend: Backend, tmp_path: Path) -> None:
-    st = backend.storage
-    run(st.put(P, b"content"))
-    dest = tmp_path / "out"
-    run(st.get_file(P, str(dest), link=True))
-    assert dest.read_bytes() == b"content"
-    if backend.is_local:
-        stored = os.path.join(backend.local_root or "", P)
-        assert os.stat(dest).st_ino == os.stat(stored).st_ino
-        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o444
-
-
 def test_get_file_missing(st: Storage, tmp_path: Path) -> None:
-    for link in (False, True):
-        with pytest.raises(ObjectNotFound):
-            run(st.get_file("blobs/00/missing", str(tmp_path / f"o{link}"), link=link))
-        assert not (tmp_path / f"o{link}").exists()
+    with pytest.raises(ObjectNotFound):
+        run(st.get_file("blobs/00/missing", str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
 
 
 def test_list_is_recursive_and_exact(st: Storage) -> None:
@@ -297,12 +284,14 @@ def test_local_put_file_modes(
         assert stat.S_IMODE(os.stat(src).st_mode) == src_mode  # the source is untouched
 
 
-@pytest.mark.parametrize("exe", [False, True])
-def test_local_get_file_copy_mode(local: LocalStorage, tmp_path: Path, exe: bool) -> None:
-    run(local.put_file(P, _src(tmp_path, b"d", mode=0o755 if exe else 0o644), consume=False))
+def test_local_get_file_is_a_plain_writable_copy(local: LocalStorage, tmp_path: Path) -> None:
+    """A raw transfer never shares the store's inode, nor its read-only mode (the caller,
+    Store.materialize_blob, sets the mode it wants once the bytes are verified)."""
+    run(local.put_file(P, _src(tmp_path, b"d", mode=0o755), consume=False))
     dest = tmp_path / "out"
-    run(local.get_file(P, str(dest), link=False))
-    assert stat.S_IMODE(os.stat(dest).st_mode) == (0o755 if exe else 0o644)
+    run(local.get_file(P, str(dest)))
+    st = os.stat(dest)
+    assert st.st_nlink == 1 and st.st_mode & stat.S_IWUSR
 
 
 def test_local_no_temp_files_remain(local: LocalStorage, tmp_path: Path) -> None:
