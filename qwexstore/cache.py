@@ -1,4 +1,5 @@
-"""The cache-hit path: is a key realized, and what did it produce? Index only, no store.
+"""The cache-hit path: is a key realized, and what did it produce? The index answers,
+and one existence check of the realisation in the store confirms (spec/index.md, I1).
 
 Kept free of asyncio, fsspec and the driver registry: ``qwex build`` of an up-to-date
 derivation imports this, :mod:`qwexstore.plan` and the index, and nothing heavier.
@@ -6,11 +7,16 @@ derivation imports this, :mod:`qwexstore.plan` and the index, and nothing heavie
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 from .index import Index
 
-__all__ = ["LISTING", "BuildResult", "lookup"]
+__all__ = ["LISTING", "BuildResult", "Realised", "lookup"]
+
+#: Does the store hold this key's realisation? (:meth:`StoreLocation.realised`: one stat.)
+Realised = Callable[[str], bool]
 
 #: Listing entries kept in the index so a cache hit can print outputs without the store.
 LISTING = 20
@@ -28,9 +34,18 @@ class BuildResult(msgspec.Struct):
     listing: list[tuple[str, int]]
 
 
-def lookup(index: Index, key: str) -> BuildResult | None:
-    """The cache-hit path: the indexed realisation of ``key``, or None."""
+def lookup(index: Index, key: str, realised: Realised) -> BuildResult | None:
+    """The cache-hit path: the indexed realisation of ``key``, or None.
+
+    An index entry whose realisation the store lacks (the store was deleted, or lost the
+    object behind the index's back) is a *phantom*: its entry is dropped and the answer
+    is a miss, so the build runs instead of reporting outputs that cannot be checked out.
+    """
     hit = index.realisation(key)
     if hit is None:
+        return None
+    if not realised(key):
+        with index.writer() as w:
+            w.delete_realisation(key)
         return None
     return BuildResult(key, True, hit.run_id, hit.manifest, hit.files, hit.size, list(hit.listing))

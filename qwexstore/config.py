@@ -21,8 +21,10 @@ from typing import Any
 
 import msgspec
 
+from .drvfile import find_nul
 from .errors import DrvFileError, UserError
 from .layers import Layer, layer_fields
+from .schema import FormatError, convert, join_key
 
 __all__ = ["Config", "Runner", "apply_runner", "load_config", "qwex_home"]
 
@@ -49,10 +51,35 @@ def _load(path: str) -> Config:
         return Config()
     except tomllib.TOMLDecodeError as e:
         raise DrvFileError(path, f"malformed TOML: {e}") from None
+    _check_layer_kinds(raw, path)
     try:
-        return msgspec.convert(raw, Config)
-    except msgspec.ValidationError as e:
-        raise DrvFileError(path, str(e)) from None
+        cfg = convert(raw, Config)
+    except FormatError as e:  # e.field names the runner: runners.<name>.layers[i]...
+        raise DrvFileError(path, e.reason, e.field) from None
+    nul = find_nul(raw)
+    if nul is not None:  # layer fields reach ssh/sbatch argv
+        raise DrvFileError(path, "contains a NUL character, which no program can receive", nul or None)
+    return cfg
+
+
+def _check_layer_kinds(raw: dict[str, Any], path: str) -> None:
+    """An unknown or missing layer ``kind`` named with the known kinds."""
+    from .layers import known_kinds
+
+    runners = raw.get("runners")
+    if not isinstance(runners, dict):
+        return
+    for name, runner in runners.items():
+        layers = runner.get("layers") if isinstance(runner, dict) else None
+        for i, layer in enumerate(layers if isinstance(layers, list) else []):
+            if isinstance(layer, dict) and layer.get("kind") not in known_kinds():
+                where = f"{join_key(join_key('runners', str(name)), 'layers')}[{i}]"
+                if "kind" not in layer:
+                    raise DrvFileError(path, "missing required field 'kind'", where)
+                raise DrvFileError(
+                    path, f"unknown layer kind {layer['kind']!r} (known: {', '.join(known_kinds())})",
+                    f"{where}.kind",
+                )
 
 
 def load_config(project_root: str | None) -> Config:

@@ -311,8 +311,9 @@ class Loader:
     def plan_side(self, arg: str, plan: Plan) -> Side:
         """A planned .drv: resolved if its upstreams are built, else as written."""
         from .graph import try_resolve
+        from .location import realised_in
 
-        resolved = try_resolve(plan, self.index)
+        resolved = try_resolve(plan, self.index, realised_in(self.store))
         ups: dict[str, Plan | str] = dict(plan.upstreams)
         for dest, inp in plan.derivation.inputs.items():
             if isinstance(inp, DrvInput) and dest not in ups:

@@ -19,14 +19,19 @@ Contract of :meth:`Driver.run`:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from .errors import PermanentDriverError
-from .layers import Layer
+from .errors import DrvFileError, PermanentDriverError
+from .layers import Layer, LocalLayer
 
-__all__ = ["Driver", "LogSink", "RunOutcome", "RunPlan", "driver_for", "load_driver"]
+if TYPE_CHECKING:
+    from .cache import Realised
+    from .index import Index
+    from .plan import Plan
+
+__all__ = ["Driver", "LogSink", "RunOutcome", "RunPlan", "driver_for", "load_driver", "preflight"]
 
 LogSink = Callable[[str, bytes], None]
 
@@ -81,3 +86,62 @@ def load_driver(name: str) -> Driver:
         raise PermanentDriverError(f"no driver installed for layer kind {name!r} (installed drivers: {have})")
     driver: Driver = found[name].load()()
     return driver
+
+
+def _installed() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="qwex.drivers")}
+
+
+def preflight(plan: Plan, index: Index | None = None, realised: Realised | None = None) -> None:
+    """Refuse, before anything starts, a graph that some driver would refuse mid-build.
+
+    Every node of ``plan``'s graph (with ``index`` and ``realised``, as for
+    :func:`~qwexstore.cache.lookup`: every node not already realized) needs a driver
+    installed for its layer stack (entry-point names only: nothing is imported), and a
+    stack the ``local`` driver runs must have only local layers and no ``[env] image`` (it
+    runs on the host). Raises DrvFileError (exit 2) naming the node's .drv file and the
+    field; a driver's own later refusal stays a DriverError.
+    """
+    from .graph import graph_nodes
+
+    installed: set[str] | None = None
+    for node in graph_nodes(plan):
+        if index is not None and realised is not None and _realized(node, index, realised):
+            continue
+        name = driver_for(node.layers)
+        installed = _installed() if installed is None else installed
+        if name not in installed:
+            have = ", ".join(sorted(installed)) or "none"
+            raise DrvFileError(
+                node.drv_path,
+                f"no driver installed for layer kind {name!r} (installed drivers: {have})",
+                "layers[0].kind",
+            )
+        if name != "local":
+            continue
+        for i, layer in enumerate(node.layers):
+            if not isinstance(layer, LocalLayer):
+                kind = type(layer).__struct_config__.tag
+                raise DrvFileError(
+                    node.drv_path,
+                    f"the local driver cannot run layer {kind!r}; put a driver for it outermost",
+                    f"layers[{i}].kind",
+                )
+        if node.image_ref is not None:
+            raise DrvFileError(
+                node.drv_path,
+                "the local driver runs on the host and cannot honour [env] image; "
+                "add a container layer (singularity) to run in the image",
+                "env.image",
+            )
+
+
+def _realized(node: Plan, index: Index, realised: Realised) -> bool:
+    """Whether ``node``'s key is known and realized (the cache-hit path's checks)."""
+    from .cache import lookup
+    from .graph import try_resolve
+
+    resolved = try_resolve(node, index, realised)
+    return resolved is not None and lookup(index, resolved.key, realised) is not None

@@ -17,8 +17,9 @@ from .errors import DrvFileError
 from .globs import Selector
 from .layers import Layer
 from .manifest import check_relpath
+from .schema import FormatError, convert, join_key
 
-__all__ = ["DrvFile", "EnvSpec", "SourceSpec", "parse_drv_file", "parse_drv_text"]
+__all__ = ["DrvFile", "EnvSpec", "SourceSpec", "find_nul", "parse_drv_file", "parse_drv_text", "validate"]
 
 _VAR_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,28 +54,6 @@ class DrvFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return ["sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
 
 
-_AT_RE: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_UNKNOWN_RE: Final = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
-
-
-def _field_of(err: msgspec.ValidationError) -> tuple[str | None, str]:
-    """Turn msgspec's ``... - at `$.env.vars[0]` `` into ("env.vars[0]", message)."""
-    text = str(err)
-    field = None
-    m = _AT_RE.search(text)
-    if m:
-        field = m.group("path").lstrip(".") or None
-        text = text[: m.start()]
-    u = _UNKNOWN_RE.match(text)
-    if u:
-        name = u.group("name")
-        field = f"{field}.{name}" if field else name
-        return field, "unknown field"
-    if text.startswith("Invalid value") and field and field.startswith("layers"):
-        return field, f"{text} (known layer kinds: local, ssh, slurm, singularity, kueue)"
-    return field, text[:1].lower() + text[1:]
-
-
 def parse_drv_text(text: str, file: str) -> DrvFile:
     """Parse and validate derivation TOML; raise DrvFileError naming ``file`` and the field."""
     try:
@@ -83,11 +62,10 @@ def parse_drv_text(text: str, file: str) -> DrvFile:
         raise DrvFileError(file, f"malformed TOML: {e}") from None
     _check_layer_kinds(raw, file)
     try:
-        drv = msgspec.convert(raw, DrvFile)
-    except msgspec.ValidationError as e:
-        field, msg = _field_of(e)
-        raise DrvFileError(file, msg, field) from None
-    _validate(drv, file)
+        drv = convert(raw, DrvFile)
+    except FormatError as e:
+        raise DrvFileError(file, e.reason, e.field) from None
+    validate(drv, file)
     return drv
 
 
@@ -107,6 +85,13 @@ def parse_drv_file(path: str) -> DrvFile:
     return parse_drv_text(text, path)
 
 
+def _check_var(name: str, file: str, field: str) -> None:
+    if not _VAR_RE.match(name):
+        raise DrvFileError(file, f"invalid variable name {name!r}", field)
+    if name.startswith("QWEX_"):
+        raise DrvFileError(file, f"{name}: QWEX_* variables are set by qwex", field)
+
+
 def _check_layer_kinds(raw: dict[str, Any], file: str) -> None:
     from .layers import known_kinds
 
@@ -117,7 +102,7 @@ def _check_layer_kinds(raw: dict[str, Any], file: str) -> None:
         if isinstance(layer, dict):
             kind = layer.get("kind")
             if kind is None:
-                raise DrvFileError(file, "missing `kind`", f"layers[{i}]")
+                raise DrvFileError(file, "missing required field 'kind'", f"layers[{i}]")
             if kind not in known_kinds():
                 raise DrvFileError(
                     file,
@@ -126,27 +111,61 @@ def _check_layer_kinds(raw: dict[str, Any], file: str) -> None:
                 )
 
 
-def _validate(drv: DrvFile, file: str) -> None:
+def find_nul(value: Any, path: str | None = None) -> str | None:
+    """The path of the first string (or key) in ``value`` (builtins) that contains NUL.
+
+    No such string can reach ``execve`` (argv, environment) or a file name: the C
+    interface ends strings at NUL, so the job would see other bytes than the key covers.
+    """
+    if isinstance(value, str):
+        return (path or "") if "\0" in value else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_nul(item, f"{path or ''}[{i}]")
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = join_key(path, str(k))
+            if "\0" in str(k):
+                return where
+            found = find_nul(v, where)
+            if found is not None:
+                return found
+    return None
+
+
+def validate(drv: DrvFile, file: str) -> None:
+    """The checks every derivation file passes after its types: raise DrvFileError naming
+    ``file`` and the field. :func:`parse_drv_text` calls it; so must anyone who builds a
+    :class:`DrvFile` in code (``qwex run``), so both forms refuse the same things."""
+    nul = find_nul(msgspec.to_builtins(drv))
+    if nul is not None:
+        raise DrvFileError(file, "contains a NUL character, which no program can receive", nul or None)
     argv = drv.argv
     if not argv or not argv[0] or (isinstance(drv.command, str) and not drv.command.strip()):
         raise DrvFileError(file, "must not be empty", "command")
     for i, pat in enumerate(drv.outputs):
         try:
             check_relpath(pat.rstrip("/") or ".")
+            Selector([pat], [])  # a bad glob fails now, never after the job has run
         except ValueError as e:
             raise DrvFileError(file, str(e), f"outputs[{i}]") from None
-    for name in [*drv.env.vars, *drv.env.pass_]:
-        if not _VAR_RE.match(name):
-            raise DrvFileError(file, f"invalid variable name {name!r}", "env")
-        if name.startswith("QWEX_"):
-            raise DrvFileError(file, f"{name}: QWEX_* variables are set by qwex", "env")
+    for name in drv.env.vars:
+        _check_var(name, file, join_key("env.vars", name))
+    for i, name in enumerate(drv.env.pass_):
+        _check_var(name, file, f"env.pass[{i}]")
     both = set(drv.env.vars) & set(drv.env.pass_)
     if both:
-        raise DrvFileError(file, f"{sorted(both)[0]} is both hashed (vars) and passed (pass)", "env")
-    try:
-        Selector(drv.source.include, drv.source.exclude)
-    except ValueError as e:
-        raise DrvFileError(file, str(e), "source") from None
+        name = sorted(both)[0]
+        field = join_key("env.vars", name)
+        raise DrvFileError(file, f"{name} is both hashed (vars) and passed (pass)", field)
+    for kind, pats in (("include", drv.source.include), ("exclude", drv.source.exclude)):
+        for i, pat in enumerate(pats):
+            try:
+                Selector([pat], [])
+            except ValueError as e:
+                raise DrvFileError(file, str(e), f"source.{kind}[{i}]") from None
     dests = sorted(drv.inputs)
     for dest in dests:
         spec = drv.inputs[dest]

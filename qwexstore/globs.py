@@ -4,6 +4,12 @@ Patterns match repo-relative POSIX paths from the root: ``*`` and ``?`` stay wit
 path segment, ``[...]`` is a character class, a whole-segment ``**`` matches any number
 of segments (zero included). A pattern selects a path if it matches the path or any of its
 parent directories, so ``src`` and ``src/`` both select everything below ``src``.
+
+A path is matched as the exact string git or the file system gives: every construct matches
+any character but ``/``, newline included (the regexes compile with DOTALL, and nothing
+here uses ``$``). A pattern that cannot be compiled (``[]``, ``[[:alpha:]]``, ``[z-a]``)
+raises ValueError when the Selector is built, which the .drv parser does for every
+``include``, ``exclude`` and ``outputs`` pattern: no bad pattern survives to after a run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ __all__ = ["Selector"]
 def _char_class(body: str, negated: bool) -> str:
     """A ``[...]`` class as a regex class; a negated class never matches ``/``."""
     if not body:
-        raise ValueError("empty character class '[]'")
+        raise ValueError("empty character class")
     if body.startswith(":") or "[:" in body:
         raise ValueError("POSIX character classes like [[:alpha:]] are not supported")
     esc = "".join("\\" + ch if ch in "\\[]^&~|" else ch for ch in body).replace("--", "-\\-")
@@ -50,10 +56,10 @@ def _segment(seg: str) -> str:
 
 def _compile(pattern: str) -> str:
     if not pattern or pattern.startswith("/") or "\0" in pattern:
-        raise ValueError(f"invalid glob {pattern!r}: must be a non-empty relative path")
+        raise ValueError("must be a non-empty relative path")
     segs = [s for s in pattern.rstrip("/").split("/") if s]
     if any(s in (".", "..") for s in segs):
-        raise ValueError(f"invalid glob {pattern!r}: '.' and '..' are not allowed")
+        raise ValueError("'.' and '..' are not allowed")
     parts: list[str] = []
     for i, s in enumerate(segs):
         if s == "**":
@@ -72,10 +78,12 @@ def _compile_all(patterns: Sequence[str]) -> re.Pattern[str] | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                parts.append(re.compile(_compile(p)).pattern)
-        except (re.error, FutureWarning) as e:
+                parts.append(re.compile(_compile(p), re.DOTALL).pattern)
+        except ValueError as e:
             raise ValueError(f"invalid glob {p!r}: {e}") from None
-    return re.compile("|".join(f"(?:{x})" for x in parts))
+        except (re.error, FutureWarning):  # Python's wording is not ours to show
+            raise ValueError(f"invalid glob {p!r}: bad character class (a range backwards?)") from None
+    return re.compile("|".join(f"(?:{x})" for x in parts), re.DOTALL)
 
 
 class Selector:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from .cache import BuildResult, lookup
+from .cache import BuildResult, Realised, lookup
 from .derivation import DrvInput, resolve
 from .errors import BuildCancelled, BuildFailed, UserError
 from .index import Index
@@ -48,28 +48,28 @@ class NodeReport(msgspec.Struct):
     error: Exception | None = None
 
 
-def _blake3_upstreams(plan: Plan, index: Index) -> dict[str, str]:
+def _blake3_upstreams(plan: Plan, index: Index, realised: Realised) -> dict[str, str]:
     """Manifests of ``drv:blake3:`` inputs, which must be realized keys."""
     out: dict[str, str] = {}
     for dest, inp in plan.derivation.inputs.items():
         if isinstance(inp, DrvInput) and dest not in plan.upstreams:
-            hit = lookup(index, inp.drv)
+            hit = lookup(index, inp.drv, realised)
             if hit is None:
                 raise UserError(f"{plan.drv_path}: input {dest!r}: {inp.drv} is not a realized key")
             out[inp.drv] = hit.manifest
     return out
 
 
-def try_resolve(plan: Plan, index: Index) -> Plan | None:
-    """The resolved plan if every upstream (recursively) is realized, else None. No store
-    access: this is the cache-hit path for a pipeline."""
-    manifests = _blake3_upstreams(plan, index)
+def try_resolve(plan: Plan, index: Index, realised: Realised) -> Plan | None:
+    """The resolved plan if every upstream (recursively) is realized, else None. The
+    cache-hit path for a pipeline: the index, plus ``realised`` (one stat) per upstream."""
+    manifests = _blake3_upstreams(plan, index, realised)
     ups: dict[str, Plan] = {}
     for dest, up in plan.upstreams.items():
-        resolved = try_resolve(up, index)
+        resolved = try_resolve(up, index, realised)
         if resolved is None:
             return None
-        hit = lookup(index, resolved.key)
+        hit = lookup(index, resolved.key, realised)
         if hit is None:
             return None
         manifests[up.derivation.hash()] = hit.manifest
@@ -105,6 +105,7 @@ async def realize_graph(
     index: Index,
     build_one: Callable[[Plan], Awaitable[BuildResult]],
     *,
+    realised: Realised,
     jobs: int = 1,
     keep_going: bool = False,
     reports: dict[str, NodeReport] | None = None,
@@ -149,14 +150,14 @@ async def realize_graph(
     async def build_node(
         p: Plan, report: NodeReport, ups: list[tuple[Plan, BuildResult | None]]
     ) -> BuildResult | None:
-        manifests = _blake3_upstreams(p, index)
+        manifests = _blake3_upstreams(p, index, realised)
         for up, r in ups:
             assert r is not None
             manifests[up.derivation.hash()] = r.manifest
         resolved = _resolved(p, manifests, {d: resolved_plans[up.drv_path] for d, up in p.upstreams.items()})
         resolved_plans[p.drv_path] = resolved
         report.key = resolved.key
-        hit = lookup(index, resolved.key)
+        hit = lookup(index, resolved.key, realised)
         if hit is not None:
             report.status, report.result = "cached", hit
             return hit

@@ -18,7 +18,7 @@ import re
 from typing import Final
 
 from .digest import hash_file
-from .errors import UserError
+from .errors import DrvFileError, UserError
 
 __all__ = ["image_id"]
 
@@ -26,8 +26,15 @@ _PINNED: Final = re.compile(r"^(?:docker://)?[^@\s]+@sha256:(?P<hex>[0-9a-f]{64}
 _FILE_SUFFIXES: Final = (".sif", ".simg", ".img", ".tar", ".oci")
 
 
-def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str) -> str:
-    """The content id of an image reference. ``where`` names the field for errors."""
+def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str, file: str | None = None) -> str:
+    """The content id of an image reference. Errors are UserErrors naming the field
+    ``where``, and DrvFileErrors naming the file too when ``file`` is given."""
+
+    def fail(message: str) -> UserError:
+        return DrvFileError(file, message, where) if file is not None else UserError(f"{where}: {message}")
+
+    if "\0" in ref:
+        raise fail("contains a NUL character, which no program can receive")
     m = _PINNED.match(ref)
     if m:
         return f"oci:sha256:{m.group('hex')}"
@@ -35,12 +42,10 @@ def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str) -> st
     if ref.startswith("file:") or path.startswith(("/", "./", "../")) or path.endswith(_FILE_SUFFIXES):
         full = os.path.join(base_dir, path)
         if not os.path.isfile(full):
-            raise UserError(f"{where}: image file not found: {full}")
+            raise fail(f"image file not found: {full}")
         return "file:" + hash_file(full)
     if "@sha256:" in ref:
-        raise UserError(f"{where}: malformed image digest in {ref!r} (want @sha256:<64 hex>)")
+        raise fail(f"malformed image digest in {ref!r} (want @sha256:<64 hex>)")
     if allow_unpinned:
         return f"unpinned:{ref}"
-    raise UserError(
-        f"{where}: image {ref!r} is not pinned by digest; use {ref}@sha256:<digest> or pass --allow-unpinned"
-    )
+    raise fail(f"image {ref!r} is not pinned by digest; use {ref}@sha256:<digest> or pass --allow-unpinned")

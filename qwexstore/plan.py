@@ -100,17 +100,25 @@ class Plan(msgspec.Struct):
         )
 
 
-def _layer_identity(layer: Layer, base: str, allow_unpinned: bool, i: int) -> LayerIdentity | None:
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _layer_identity(
+    layer: Layer, base: str, allow_unpinned: bool, i: int, drv_path: str
+) -> LayerIdentity | None:
     where = f"layers[{i}].image"
     if isinstance(layer, SingularityLayer):
         return SingularityIdentity(
-            image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where),
+            image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where, file=drv_path),
             contain=layer.contain,
             cleanenv=layer.cleanenv,
             args=layer.args,
         )
     if isinstance(layer, KueueLayer):
-        return KueueIdentity(image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where))
+        return KueueIdentity(
+            image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where, file=drv_path)
+        )
     return None
 
 
@@ -121,15 +129,20 @@ def _file_input(dest: str, path: str, index: Index | None, drv_path: str) -> Fil
     except FileNotFoundError:
         raise DrvFileError(drv_path, f"input file not found: {path}", f"inputs.{dest!r}") from None
     if stat.S_ISDIR(st.st_mode):
-        entries = hash_entries(list(scan(path)), index)
+        # Symlinks inside are followed: the key covers the bytes the job reads (spec/derivation-file.md).
+        try:
+            entries = hash_entries(list(scan(path, follow=True)), index)
+        except UserError as err:  # a dangling link, a loop, a fifo: name the input
+            raise DrvFileError(drv_path, str(err), f"inputs.{dest!r}") from None
         manifest = Manifest.of(entries)
         return FileInput(
             dest=dest, path=path, kind="tree", input=TreeInput(manifest=manifest.digest()), manifest=manifest
         )
     if not stat.S_ISREG(st.st_mode):
         raise DrvFileError(drv_path, f"input is not a file or directory: {path}", f"inputs.{dest!r}")
-    (entry,) = hash_entries(list(scan(os.path.dirname(path), os.path.basename(path))), index)
-    assert isinstance(entry, FileEntry)  # os.stat above followed any symlink to a file
+    (entry,) = hash_entries(list(scan(os.path.dirname(path), os.path.basename(path), follow=True)), index)
+    if not isinstance(entry, FileEntry):  # os.stat above followed any symlink to a file
+        raise DrvFileError(drv_path, f"input changed while it was being read: {path}", f"inputs.{dest!r}")
     return FileInput(
         dest=dest,
         path=path,
@@ -190,22 +203,30 @@ def plan_parsed(
     commit = repo.commit_of(df.source.rev)
     dirty_snapshot = False
     if commit == head:
-        dirty = repo.dirty(selector)
-        if dirty:
-            if not allow_dirty:
-                shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        dirty, untracked = repo.changes(selector)
+        # Derivation files are read by qwex itself (their content is in the key), never by a
+        # job: an uncommitted one is not a forgotten source file.
+        untracked = [p for p in untracked if not p.endswith(".drv")]
+        if (dirty or untracked) and not allow_dirty:
+            if dirty:
                 raise SourceError(
-                    f"uncommitted changes to tracked files: {shown} "
+                    f"uncommitted changes to tracked files: {_shown(dirty)} "
                     "(commit them, or pass --allow-dirty to snapshot the working tree)",
                     tuple(dirty),
                 )
-            commit = repo.snapshot_worktree()
+            raise SourceError(
+                f"untracked files would be selected: {_shown(untracked)} "
+                "(git add them, exclude them, or pass --allow-dirty)",
+                tuple(untracked),
+            )
+        if dirty or untracked:
+            commit = repo.snapshot_worktree([*dirty, *untracked])
             dirty_snapshot = True
-    tree = repo.tree(commit, selector)
+    tree = repo.tree(commit, selector, strict=True)
 
     # Environment and layers
     image = (
-        image_id(df.env.image, base, allow_unpinned=allow_unpinned, where="env.image")
+        image_id(df.env.image, base, allow_unpinned=allow_unpinned, where="env.image", file=drv_path)
         if df.env.image
         else None
     )
@@ -219,7 +240,7 @@ def plan_parsed(
     idents = [
         x
         for i, layer in enumerate(layers)
-        if (x := _layer_identity(layer, base, allow_unpinned, i)) is not None
+        if (x := _layer_identity(layer, base, allow_unpinned, i, drv_path)) is not None
     ]
 
     # Inputs
@@ -236,6 +257,9 @@ def plan_parsed(
         elif is_digest(ref):
             inputs[d] = DrvInput(drv=ref)
         else:
+            if not os.path.isfile(os.path.join(base, ref)):  # name the .drv that refers to it
+                where = os.path.normpath(os.path.join(base, ref))
+                raise DrvFileError(drv_path, f"no derivation file at {where}", f"inputs.{dest!r}")
             up = plan_file(
                 os.path.join(base, ref),
                 index,

@@ -11,7 +11,9 @@ Edges (every one a MUST-exist reference, W3/W5 in spec/store.md)::
     pin, blob   -> nothing
 
 A derivation record's informational ``upstreams`` keys are not edges: their realisations
-are roots of their own, or gone. :func:`walk` reads every record it reaches through the
+are roots of their own, or gone. The derivation -> snapshot edge is *weak* for repair
+(:meth:`Graph.dependents`): a result whose outputs are intact survives the loss of its
+source snapshot (spec/gc.md, "Verifying"). :func:`walk` reads every record it reaches through the
 store's verifying getters, so a record that is corrupt, unreadable or missing becomes a
 :class:`Problem` instead of an exception. Blobs are leaves and are not read here (verify
 hashes them; gc only needs their names). :func:`remove` deletes in the reverse of the
@@ -144,12 +146,19 @@ class Graph:
 
     def dependents(self, bad: Iterable[Ref]) -> set[Ref]:
         """Every reached object that names, directly or through others, one of ``bad``
-        (``bad`` itself excluded unless it also depends on another bad object)."""
+        (``bad`` itself excluded unless it also depends on another bad object).
+
+        A derivation record does not depend on its source snapshot here: losing the
+        snapshot loses the source, not the key or the outputs, so the record and the
+        realisations built from it stay (their source is reported missing)."""
         back = self.referrers()
         out: set[Ref] = set()
         todo = list(bad)
         while todo:
-            for src in back.get(todo.pop(), ()):
+            ref = todo.pop()
+            for src in back.get(ref, ()):
+                if src.kind == "derivation" and ref.kind == "snapshot":
+                    continue
                 if src not in out:
                     out.add(src)
                     todo.append(src)

@@ -4,6 +4,11 @@ The store is the truth; the index only accelerates it. :func:`rebuild_index` emp
 sub-database except the stat cache (a local hint about files outside the store) and fills
 them again from the store's records, in one write transaction: a crash midway leaves the
 old index untouched.
+
+A record that cannot be read (corrupt, unreadable, or naming a missing or corrupt
+manifest) is not indexed and is reported in :attr:`RebuildReport.skipped`; everything
+else is. The index then never names a realisation that a checkout could not serve, and
+``qwex verify --repair`` removes the damage.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import msgspec
 from .cache import LISTING
 from .derivation import derivation_hash
 from .digest import is_digest
+from .errors import StoreError
 from .index import Index, IndexedRealisation, RunSummary
 from .store import Store
 
@@ -20,10 +26,13 @@ __all__ = ["RebuildReport", "rebuild_index"]
 
 
 class RebuildReport(msgspec.Struct):
+    """Counts of indexed records, and (path, reason) of each record that was skipped."""
+
     realisations: int
     runs: int
     derivations: int
     snapshots: int
+    skipped: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
 
 def _digest_of(path: str) -> str | None:
@@ -35,22 +44,31 @@ def _digest_of(path: str) -> str | None:
 
 async def rebuild_index(store: Store, index: Index) -> RebuildReport:
     """Re-derive the index's realisations, runs, derivations and snapshots from the store."""
+    skipped: list[tuple[str, str]] = []
     reals: list[tuple[str, IndexedRealisation]] = []
     for path in await store.storage.list("realisations"):
         key = _digest_of(path)
         if key is None:
             continue
-        real = await store.get_realisation(key)
-        if real is None:
+        try:
+            real = await store.get_realisation(key)
+            if real is None:
+                continue
+            m = await store.get_manifest(real.manifest)
+        except StoreError as e:
+            skipped.append((path, str(e)))
             continue
-        m = await store.get_manifest(real.manifest)
         files = m.files()
         listing = [(e.path, e.size) for e in files[:LISTING]]
         reals.append((key, IndexedRealisation(real.manifest, real.run_id, real.created_ns,
                                               len(files), m.total_size(), listing)))
     runs: list[tuple[str, RunSummary]] = []
     for path in await store.storage.list("runs"):
-        run = await store.get_run(path.rsplit("/", 1)[-1])
+        try:
+            run = await store.get_run(path.rsplit("/", 1)[-1])
+        except StoreError as e:
+            skipped.append((path, str(e)))
+            continue
         runs.append((run.run_id, RunSummary(run.key, run.name, run.status, run.exit_code,
                                             run.started_ns, run.finished_ns)))
     drvs: list[tuple[str, str]] = []
@@ -58,14 +76,21 @@ async def rebuild_index(store: Store, index: Index) -> RebuildReport:
         digest = _digest_of(path)
         if digest is None:
             continue
-        record = await store.get_derivation(digest)
+        try:
+            record = await store.get_derivation(digest)
+        except StoreError as e:
+            skipped.append((path, str(e)))
+            continue
         drvs.append((derivation_hash(record.derivation), record.name))
     snaps: list[tuple[str, str]] = []
     for path in await store.storage.list("snapshots"):
         digest = _digest_of(path)
         if digest is None:
             continue
-        snaps.append(((await store.get_snapshot(digest)).commit, digest))
+        try:
+            snaps.append(((await store.get_snapshot(digest)).commit, digest))
+        except StoreError as e:
+            skipped.append((path, str(e)))
     with index.writer() as w:
         w.drop_all()
         for key, value in reals:
@@ -76,4 +101,4 @@ async def rebuild_index(store: Store, index: Index) -> RebuildReport:
             w.derivation(digest, name)
         for commit, digest in snaps:
             w.snapshot(commit, digest)
-    return RebuildReport(len(reals), len(runs), len(drvs), len(snaps))
+    return RebuildReport(len(reals), len(runs), len(drvs), len(snaps), sorted(skipped))

@@ -42,7 +42,9 @@ _BIG: Final = 4 * 1024 * 1024
 class VerifyReport(msgspec.Struct):
     """``objects`` checked, ``bytes_hashed``, the problems found and, with ``repair``,
     the store paths removed, the number of index entries dropped, and the paths kept
-    because a running build needs them (``in_use``; repair them after it ends)."""
+    because a running build needs them (``in_use``; repair them after it ends).
+    ``source_missing``: realised keys whose source snapshot is damaged or gone while
+    their outputs are intact (they survive a repair; checkout restores outputs only)."""
 
     objects: int
     bytes_hashed: int
@@ -51,6 +53,7 @@ class VerifyReport(msgspec.Struct):
     removed: list[str]
     index_removed: int
     in_use: list[str] = msgspec.field(default_factory=list)
+    source_missing: list[str] = msgspec.field(default_factory=list)
 
 
 def _hash_one(full: str, size: int) -> str | None:
@@ -136,7 +139,9 @@ async def verify(
     anywhere in the store that names (transitively) a removed or missing one — so
     realisations that depend on them go, store files and index entries alike — plus
     stale index entries. Missing objects cannot be removed; what named them is. The
-    next build of a removed key runs it again.
+    next build of a removed key runs it again. One exception: a source snapshot is
+    removed alone (with its bad bundle), never the derivation records and realisations
+    that name it; those are reported in ``source_missing`` and verify keeps failing.
     """
     t0 = time.monotonic()
     async with GcLock(scratch, exclusive=repair, on_wait=on_wait):
@@ -152,6 +157,7 @@ async def verify(
         for ref, p in graph.problems.items():
             if p.needed_by is None and back.get(ref):
                 graph.problems[ref] = msgspec.structs.replace(p, needed_by=min(back[ref]).path)
+        sourceless = _sourceless(graph)
         stale = IndexEntries(set(), set(), set(), {})
         if keys is None:
             stale = await stale_entries(store, index.entries(), set(refs))
@@ -169,7 +175,26 @@ async def verify(
             )
             index_removed = before - _count(index.entries())
     objects = len(graph.edges) + len(graph.problems) + len(strays)
-    return VerifyReport(objects, nbytes, time.monotonic() - t0, problems, removed, index_removed, in_use)
+    return VerifyReport(
+        objects, nbytes, time.monotonic() - t0, problems, removed, index_removed, in_use, sourceless
+    )
+
+
+def _sourceless(graph: Graph) -> list[str]:
+    """Realised keys that keep their outputs but whose source snapshot is lost: it is
+    itself a problem, or names a bad bundle blob (a repair removes it, and keeps them)."""
+    bad = set(graph.problems)
+    doomed = graph.dependents(bad)
+    lost = {r for r in bad | doomed if r.kind == "snapshot"}
+    out: set[str] = set()
+    for ref, kids in graph.edges.items():
+        if ref.kind != "realisation" or ref in doomed:
+            continue
+        runs = [run for run in kids if run.kind == "run"]
+        drvs = [d for run in runs for d in graph.edges.get(run, ()) if d.kind == "derivation"]
+        if any(s in lost for d in drvs for s in graph.edges.get(d, ()) if s.kind == "snapshot"):
+            out.add(ref.id)
+    return sorted(out)
 
 
 def _count(e: IndexEntries) -> int:

@@ -38,7 +38,7 @@ def test_build_prints_key_and_outputs_then_cache_hit_runs_nothing(
 def test_hash_equals_build_key_and_is_stable_across_processes(qwex: Qwex, git_repo: GitRepo) -> None:
     git_repo.commit("drv", {"t.drv": drv_text(job("--out", "a=1"), outputs=["out/", "out/"],
                                               vars={"B": "2", "A": "1", "C": "3"})})
-    git_repo.write({"untracked.txt": "never part of the key"})
+    git_repo.write({"untracked.txt": "never part of the key", ".git/info/exclude": "untracked.txt\n"})
     # Different hash seeds per process: no set/dict iteration order may leak into the key.
     keys = {qwex.hash("t.drv", cwd=git_repo.path, env={"PYTHONHASHSEED": s}) for s in ("1", "2", "3")}
     assert len(keys) == 1

@@ -47,7 +47,7 @@ def _setup(qwex: Qwex, git_repo: GitRepo) -> tuple[str, dict[str, bytes | str]]:
     os.chmod(git_repo.path / "src/tool.sh", 0o755)
     os.symlink("model.py", git_repo.path / "src/alias.py")
     git_repo.commit("exec bit, symlink")
-    git_repo.write({"src/untracked.py": "never\n"})
+    git_repo.write({"src/untracked.py": "never\n", ".git/info/exclude": "untracked.py\n"})  # ignored
     key = qwex.build("t.drv", cwd=git_repo.path).key
     expected: dict[str, bytes | str] = {
         "job.py": JOB.encode(), "src/model.py": b"W = 1\n", "src/tool.sh": b"#!/bin/sh\necho tool\n",
@@ -74,7 +74,7 @@ def test_checkout_recreates_source_and_outputs_after_repo_is_gone(
     assert os.stat(dest / "out/run.sh").st_mode & stat.S_IXUSR
 
 
-def test_checkout_links_read_only_outputs_by_default_and_copies_with_flag(
+def test_checkout_copies_outputs_by_default_and_links_only_with_flag(
     qwex: Qwex, git_repo: GitRepo, tmp_path: Path
 ) -> None:
     key, _ = _setup(qwex, git_repo)
@@ -82,21 +82,24 @@ def test_checkout_links_read_only_outputs_by_default_and_copies_with_flag(
     digest = {e["path"]: e["digest"] for e in show["outputs"] if e["type"] == "file"}["out/result.txt"]
     blob = _blob(qwex, digest)
 
-    linked = tmp_path / "linked"
-    qwex.ok("checkout", "blake3:" + key.removeprefix("blake3:")[:12], str(linked))
-    st = os.stat(linked / "out/result.txt")
-    assert st.st_ino == os.stat(blob).st_ino  # a hard link to the store's blob
-    assert st.st_mode & 0o222 == 0  # read-only
-    assert os.stat(linked / "job.py").st_mode & stat.S_IWUSR  # source files are ordinary files
-
     copied = tmp_path / "copied"
-    qwex.ok("checkout", key, str(copied), "--copy")
+    qwex.ok("checkout", "blake3:" + key.removeprefix("blake3:")[:12], str(copied))
     st = os.stat(copied / "out/result.txt")
-    assert st.st_ino != os.stat(blob).st_ino and st.st_nlink == 1
+    assert st.st_ino != os.stat(blob).st_ino and st.st_nlink == 1  # no inode shared with the store
     assert st.st_mode & stat.S_IWUSR
-    assert _tree(copied) == _tree(linked)
+    assert os.stat(copied / "job.py").st_mode & stat.S_IWUSR
     (copied / "out/result.txt").write_text("edited")  # a copy is the user's to change
     assert blob.read_bytes() == b"hello\n"
+
+    linked = tmp_path / "linked"
+    qwex.ok("checkout", key, str(linked), "--link")
+    st = os.stat(linked / "out/result.txt")
+    assert st.st_ino == os.stat(blob).st_ino  # a hard link to the store's blob, as asked
+    assert st.st_mode & 0o222 == 0  # read-only
+    again = tmp_path / "again"
+    qwex.ok("checkout", key, str(again), "--copy")  # the old flag still works: the default
+    assert _tree(again) == _tree(linked)
+    assert "corrupts the store" in " ".join(qwex.ok("checkout", "--help").stdout.split())
 
 
 def test_checkout_into_empty_dir_ok_nonempty_refused(qwex: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
@@ -133,9 +136,9 @@ def test_checkout_json_and_default_dest(qwex: Qwex, git_repo: GitRepo, tmp_path:
     assert _tree(dest) == expected
 
 
-@pytest.mark.parametrize("copy", [False, True], ids=["link", "copy"])
+@pytest.mark.parametrize("link", [True, False], ids=["link", "copy"])
 def test_checkout_keeps_each_outputs_executable_bit(
-    qwex: Qwex, git_repo: GitRepo, tmp_path: Path, copy: bool
+    qwex: Qwex, git_repo: GitRepo, tmp_path: Path, link: bool
 ) -> None:
     same = "same bytes\n"
     git_repo.commit("drv", {"t.drv": drv_text(job("--exec", f"run.sh={same}", "--out", f"notes.txt={same}"))})
@@ -143,6 +146,6 @@ def test_checkout_keeps_each_outputs_executable_bit(
     outs = {e["path"]: e["executable"] for e in qwex.json("show", key)["outputs"]}
     assert outs == {"out/run.sh": True, "out/notes.txt": False}
     dest = tmp_path / "co"
-    qwex.ok("checkout", key, str(dest), *(["--copy"] if copy else []))
+    qwex.ok("checkout", key, str(dest), *(["--link"] if link else []))
     assert os.stat(dest / "out/run.sh").st_mode & stat.S_IXUSR
     assert not os.stat(dest / "out/notes.txt").st_mode & stat.S_IXUSR

@@ -38,7 +38,7 @@ def files(change: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # -- single changes between two .drv files (planning only) --------------------------------------
-BASE: dict[str, Any] = dict(include=["job.py", "src/"], vars={"LR": "0.1"}, outputs=["out/"],
+BASE: dict[str, Any] = dict(include=["job.py", "README.md"], vars={"LR": "0.1"}, outputs=["out/"],
                             inputs={"data.csv": "file:../datasets/raw.csv"})
 LAYER = '[[layers]]\nkind = "singularity"\nimage = "' + SHA + "a" * 64 + '"\n'
 

@@ -14,7 +14,7 @@ def test_bad_glob_class_is_a_drvfileerror(pattern: str) -> None:
     text = f'command = "x"\n[source]\ninclude = ["{pattern}"]\n'
     with pytest.raises(DrvFileError) as ei:
         parse_drv_text(text, "f.drv")
-    assert ei.value.field == "source"
+    assert ei.value.field == "source.include[0]"
 
 
 @pytest.mark.parametrize("pattern", ["[z-a]", "[]", "a[!]"])
@@ -38,9 +38,9 @@ def test_duplicate_input_destination_is_refused() -> None:
         ('command = ["", "x"]', "command"),
         ('command = "x"\noutputs = ["../o"]', "outputs[0]"),
         ('command = "x"\noutputs = ["/o"]', "outputs[0]"),
-        ('command = "x"\n[env]\nvars = {QWEX_X = "1"}', "env"),
-        ('command = "x"\n[env]\nvars = {"1A" = "1"}', "env"),
-        ('command = "x"\n[env]\nvars = {A = "1"}\npass = ["A"]', "env"),
+        ('command = "x"\n[env]\nvars = {QWEX_X = "1"}', "env.vars.QWEX_X"),
+        ('command = "x"\n[env]\nvars = {"1A" = "1"}', "env.vars['1A']"),
+        ('command = "x"\n[env]\nvars = {A = "1"}\npass = ["A"]', "env.vars.A"),
         ('command = "x"\n[inputs]\n"../a" = "file:x"', "inputs.'../a'"),
         ('command = "x"\n[inputs]\n"a" = "http:x"', "inputs.'a'"),
         ('command = "x"\n[inputs]\n"a" = "file:"', "inputs.'a'"),
@@ -49,7 +49,7 @@ def test_duplicate_input_destination_is_refused() -> None:
         ('command = "x"\n[[layers]]\nhost = "h"', "layers[0]"),
         ('command = "x"\n[[layers]]\nkind = "ssh"\nhost = "h"\nbogus = 1', "layers[0].bogus"),
         ('command = "x"\nbogus = 1', "bogus"),
-        ('command = "x"\n[source]\ninclude = ["../x"]', "source"),
+        ('command = "x"\n[source]\ninclude = ["../x"]', "source.include[0]"),
     ],
 )
 def test_errors_name_the_field(text: str, field: str) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from qwexstore.cache import BuildResult, lookup
-from qwexstore.drvfile import DrvFile
+from qwexstore.drvfile import DrvFile, validate
 from qwexstore.errors import QwexError, UserError
 from qwexstore.index import Index
 from qwexstore.plan import Plan, plan_file, plan_parsed
@@ -17,7 +17,16 @@ from qwexstore.plan import Plan, plan_file, plan_parsed
 if TYPE_CHECKING:
     from qwexstore.graph import NodeReport
 
-from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
+from ._ctx import (
+    emit_json,
+    handles_errors,
+    human_duration,
+    human_size,
+    location,
+    open_index,
+    open_store,
+    run_async,
+)
 from ._options import AllowDirty, AllowUnpinned, Json, Runner
 
 Jobs = Annotated[
@@ -67,16 +76,19 @@ def _default_jobs() -> int:
 def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: bool = False) -> None:
     from qwexstore.graph import try_resolve
 
-    resolved = try_resolve(plan, index)
-    hit = lookup(index, resolved.key) if resolved is not None else None
+    realised = location().realised()  # a hit costs one stat more: no phantom hits
+    resolved = try_resolve(plan, index, realised)
+    hit = lookup(index, resolved.key, realised) if resolved is not None else None
     if hit is not None:
         _print_result(hit, as_json)
         return
+    from qwexstore.driver import preflight
+
+    preflight(plan, index, realised)  # a node no driver can run is a user error, before any starts
     import time
 
     from qwexstore.build import realize
     from qwexstore.graph import graph_nodes, realize_graph
-    from qwexstore.store import open_store
 
     from .build_view import IngestProgress, PrefixedLogs, RawLogs, summary_lines
 
@@ -85,7 +97,7 @@ def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: b
     reports: dict[str, NodeReport] = {}
 
     async def go() -> BuildResult:
-        store = await open_store(store_location())
+        store = await open_store(create=True)
 
         async def build_one(node: Plan) -> BuildResult:
             def on_wait(owner: str) -> None:
@@ -93,7 +105,7 @@ def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: b
                     f"qwex: {node.name}: waiting for {owner}, which is building {node.key}", file=sys.stderr
                 )
 
-            hit = lookup(index, node.key)
+            hit = lookup(index, node.key, realised)
             if hit is None and not as_json:
                 print(f"qwex: building {node.name} ({node.key})", file=sys.stderr)
             logs = PrefixedLogs(node.name, width, as_json) if len(nodes) > 1 else RawLogs(as_json)
@@ -104,7 +116,9 @@ def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: b
             finally:
                 logs.close()
 
-        return await realize_graph(plan, index, build_one, jobs=jobs, keep_going=keep_going, reports=reports)
+        return await realize_graph(
+            plan, index, build_one, realised=realised, jobs=jobs, keep_going=keep_going, reports=reports
+        )
 
     t0 = time.monotonic_ns()
     try:
@@ -136,7 +150,7 @@ def build(
     from starting more derivations (running ones finish); --keep-going builds everything
     that does not depend on the failure.
     """
-    with open_index() as index:
+    with open_index(create_store=True) as index:
         plan = plan_file(drv, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
         _build(plan, index, json, jobs or _default_jobs(), keep_going)
 
@@ -153,8 +167,9 @@ def run(
 ) -> None:
     """Run a command as an ad-hoc derivation of the current repo at HEAD."""
     df = DrvFile(command=command, name=name or os.path.basename(command[0]), outputs=output or ["out/"])
+    validate(df, "qwex run")  # -o is checked exactly as a .drv file's outputs are
     cwd = os.getcwd()
-    with open_index() as index:
+    with open_index(create_store=True) as index:
         plan = plan_parsed(
             df,
             os.path.join(cwd, "(qwex run)"),
@@ -178,9 +193,17 @@ def hash(
     """Print a derivation's key without building it."""
     from qwexstore.graph import try_resolve
 
-    with open_index() as index:
+    loc = location()
+    # No store: nothing is built, so only a derivation without drv: inputs has a key (and
+    # no index is created for a store that does not exist).
+    index = open_index() if loc.exists() else None
+    try:
         plan = plan_file(drv, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
-        resolved = try_resolve(plan, index)
+        resolved = (try_resolve(plan, index, loc.realised()) if index is not None
+                    else plan if plan.derivation.is_resolved() else None)
+    finally:
+        if index is not None:
+            index.close()
     if resolved is None:
         raise UserError(
             f"{drv}: its key depends on the outputs of drv: inputs that are not built yet "

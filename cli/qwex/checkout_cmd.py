@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._ctx import emit_json, handles_errors, open_index, run_async, store_location
+from ._ctx import emit_json, handles_errors, open_index, open_store, run_async
 
 
 @handles_errors
@@ -15,8 +15,20 @@ def checkout(
     dest: Annotated[
         str | None, typer.Argument(help="Directory to create (default: ./<name>-<key prefix>).")
     ] = None,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Hard-link output files to the store's blobs instead of copying them. Writing "
+            "through such a link (root can, whatever the mode) corrupts the store.",
+        ),
+    ] = False,
     copy: Annotated[
-        bool, typer.Option("--copy", help="Copy output files instead of hard-linking them.")
+        bool, typer.Option("--copy", hidden=True, help="Copy output files (the default; kept for scripts).")
+    ] = False,
+    outputs_only: Annotated[
+        bool, typer.Option("--outputs-only", help="Only the outputs, not the source (also when the "
+                                                  "source snapshot is missing).")
     ] = False,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -24,13 +36,14 @@ def checkout(
 
     from qwexstore.checkout import CheckoutResult
     from qwexstore.checkout import checkout as do_checkout
-    from qwexstore.store import open_store
 
     async def go() -> CheckoutResult:
-        store = await open_store(store_location())
+        store = await open_store()
         with open_index() as index:
             target = dest or f"qwex-{key.removeprefix('blake3:')[:12]}"
-            return await do_checkout(store, index, key, target, copy=copy)
+            return await do_checkout(
+                store, index, key, target, link=link and not copy, outputs_only=outputs_only
+            )
 
     r = run_async(go)
     if json:

@@ -11,7 +11,7 @@ import typer
 
 from qwexstore.errors import StoreError
 
-from ._ctx import emit_json, handles_errors, index_path, open_index, run_async, store_location
+from ._ctx import emit_json, handles_errors, index_path, open_index, open_store, run_async, store_location
 
 app = typer.Typer(help="Maintain the local index (an accelerator rebuilt from the store).",
                   no_args_is_help=True)
@@ -20,14 +20,17 @@ app = typer.Typer(help="Maintain the local index (an accelerator rebuilt from th
 @app.command()
 @handles_errors
 def rebuild(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Rebuild the index from the store's records (the stat cache is kept)."""
+    """Rebuild the index from the store's records (the stat cache is kept).
+
+    A damaged record is left out and named; everything else is indexed (exit status 1
+    then: `qwex verify --repair` removes the damage).
+    """
     from qwexstore.build import scratch_dir
     from qwexstore.liveroots import GcLock
     from qwexstore.reindex import RebuildReport, rebuild_index
-    from qwexstore.store import open_store
 
     async def go() -> RebuildReport:
-        store = await open_store(store_location(), create=False)
+        store = await open_store()
         try:
             index = open_index()
         except StoreError:  # unreadable: keep it aside for inspection, start afresh
@@ -44,7 +47,11 @@ def rebuild(json: Annotated[bool, typer.Option("--json", help="Machine-readable 
     r = run_async(go)
     if json:
         emit_json({"realisations": r.realisations, "runs": r.runs, "derivations": r.derivations,
-                   "snapshots": r.snapshots})
+                   "snapshots": r.snapshots, "skipped": [{"path": p, "reason": why} for p, why in r.skipped]})
     else:
         print(f"indexed {r.realisations} realisations, {r.runs} runs, {r.derivations} derivations, "
               f"{r.snapshots} snapshots from {store_location()}")
+    if r.skipped:  # everything else is indexed; say what was not, and how to repair it
+        path, why = r.skipped[0]
+        more = f" and {len(r.skipped) - 1} more objects" if len(r.skipped) > 1 else ""
+        raise StoreError(f"not indexed: {path} ({why}){more}; `qwex verify --repair` removes the damage")

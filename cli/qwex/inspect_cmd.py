@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json as jsonlib
 import sys
 from typing import Annotated
 
@@ -11,7 +12,16 @@ import typer
 
 from qwexstore.errors import UserError
 
-from ._ctx import emit_json, handles_errors, human_duration, human_size, open_index, run_async, store_location
+from ._ctx import (
+    console,
+    emit_json,
+    handles_errors,
+    human_duration,
+    human_size,
+    open_index,
+    open_store,
+    run_async,
+)
 from ._options import Json
 
 
@@ -27,15 +37,16 @@ def show(
     """Show a run: its derivation, run record and outputs."""
 
     from qwexstore.checkout import resolve_run
-    from qwexstore.store import open_store
 
     async def go() -> None:
-        store = await open_store(store_location())
+        store = await open_store()
         with open_index() as index:
             run = await resolve_run(store, index, key)
         record = await store.get_derivation(run.drv)
         manifest = await store.get_manifest(run.manifest) if run.manifest else None
-        is_pinned = await store.storage.exists([store.pin_path(run.key)]) == [True]
+        snap = [store.snapshot_path(record.source.snapshot)] if record.source else []
+        is_pinned, *snap_there = await store.storage.exists([store.pin_path(run.key), *snap])
+        source_missing = snap_there == [False]  # verify --repair removes a damaged snapshot alone
         if json:
             emit_json(
                 {
@@ -43,13 +54,13 @@ def show(
                     "derivation": msgspec.to_builtins(record),
                     "outputs": msgspec.to_builtins(manifest.entries) if manifest else None,
                     "pinned": is_pinned,
+                    "source_missing": source_missing,
                 }
             )
             return
-        from rich.console import Console
         from rich.table import Table
 
-        con = Console()
+        con = console()
         d = record.derivation
         con.print(f"[bold]{run.name}[/]  key {run.key}" + ("  (pinned)" if is_pinned else ""))
         con.print(
@@ -58,9 +69,12 @@ def show(
         )
         if run.message:
             con.print(f"message  {run.message}")
-        con.print(f"command  {d.command}", markup=False)
+        con.print(f"command  {jsonlib.dumps(d.command, ensure_ascii=False)}", markup=False)
         if record.source:
             con.print(f"source   commit {record.source.commit}  tree {d.source}")
+            if source_missing:
+                con.print(f"missing  source snapshot {record.source.snapshot} (removed by verify --repair?); "
+                          "the outputs are intact: `qwex checkout --outputs-only`", markup=False)
         if d.env.image:
             con.print(f"image    {record.image_ref} ({d.env.image})", markup=False)
         for k, v in sorted(d.env.vars.items()):
@@ -91,10 +105,9 @@ def log(
         raise UserError(f"--stream must be stdout, stderr or both, not {stream!r}")
 
     from qwexstore.checkout import resolve_run
-    from qwexstore.store import open_store
 
     async def go() -> None:
-        store = await open_store(store_location())
+        store = await open_store()
         with open_index() as index:
             run = await resolve_run(store, index, key)
         for name, digest in (("stdout", run.stdout), ("stderr", run.stderr)):
@@ -122,7 +135,6 @@ def ls(
             for rid, s in runs
         ])
         return
-    from rich.console import Console
     from rich.table import Table
 
     t = Table("key", "name", "status", "duration", "when", "run")
@@ -136,4 +148,4 @@ def ls(
             _when(s.started_ns),
             rid,
         )
-    Console().print(t)
+    console().print(t)

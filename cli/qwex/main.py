@@ -7,7 +7,11 @@ from typing import Annotated
 import typer
 
 from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, maint_cmd
-from ._ctx import STATE
+from ._ctx import STATE, UNLIMITED, piped
+
+# Piped help (`qwex ls --help | less`, a script): click's plain formatter at no width
+# limit, instead of rich panels sized to an 80-column default.
+_WIDTH = {"terminal_width": UNLIMITED, "max_content_width": UNLIMITED} if piped() else {}
 
 app = typer.Typer(
     name="qwex",
@@ -16,7 +20,8 @@ app = typer.Typer(
     invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None if piped() else "rich",
+    context_settings={"help_option_names": ["-h", "--help"], **_WIDTH},
 )
 
 
@@ -24,7 +29,9 @@ app = typer.Typer(
 def _global(
     store: Annotated[
         str | None,
-        typer.Option("--store", envvar="QWEX_STORE", help="Store path or URL (default $QWEX_HOME/store)."),
+        typer.Option("--store", envvar="QWEX_STORE",
+                     help="Store path or URL (default: `store` in .qwex/config.toml or "
+                          "$QWEX_HOME/config.toml, else $QWEX_HOME/store)."),
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
@@ -34,6 +41,7 @@ def _global(
         print(f"qwex {__version__}")
         raise typer.Exit()
     STATE.store_location = store
+    STATE.located = None
 
 
 app.command()(build_cmd.build)

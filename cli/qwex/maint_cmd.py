@@ -10,7 +10,7 @@ import typer
 
 from qwexstore.errors import UserError
 
-from ._ctx import emit_json, handles_errors, human_size, open_index, run_async, store_location
+from ._ctx import emit_json, handles_errors, human_size, open_index, open_store, run_async
 from ._options import Json
 
 _PLURAL = {"realisation": "realisations", "run": "runs", "derivation": "derivations",
@@ -33,9 +33,7 @@ def _waiting(what: str) -> Any:
 
 
 async def _open() -> Any:
-    from qwexstore.store import open_store
-
-    return await open_store(store_location(), create=False)
+    return await open_store()
 
 
 @handles_errors
@@ -50,7 +48,8 @@ def verify(
         bool,
         typer.Option("--repair", help="Remove corrupt objects and every realisation, record and index "
                                       "entry that depends on them or on missing objects; the next build "
-                                      "redoes them."),
+                                      "redoes them. A damaged source snapshot goes alone: the results "
+                                      "built from it keep their outputs (reported as 'no source')."),
     ] = False,
     json: Json = False,
 ) -> None:
@@ -82,7 +81,7 @@ def verify(
     if json:
         emit_json({"objects": r.objects, "bytes_hashed": r.bytes_hashed, "seconds": r.seconds,
                    "problems": msgspec.to_builtins(r.problems), "removed": r.removed,
-                   "index_removed": r.index_removed, "in_use": r.in_use})
+                   "index_removed": r.index_removed, "in_use": r.in_use, "source_missing": r.source_missing})
     else:
         for p in r.problems:
             line = f"{p.state:<10} {p.kind:<11} {p.path}"
@@ -97,6 +96,10 @@ def verify(
             print(f"removed    {path}")
         for path in r.in_use:
             print(f"kept       {path}  (a running build uses it: repair again after it ends)")
+        lost = "removed" if repair else "damaged or missing"
+        for key in r.source_missing:
+            print(f"no source  {key}  (its source snapshot is {lost}; "
+                  "its outputs are intact: `qwex checkout --outputs-only`)")
         rate = f"{human_size(int(r.bytes_hashed / r.seconds))}/s" if r.seconds > 0 else "-"
         summary = (f"checked {r.objects} objects, hashed {human_size(r.bytes_hashed)} in {r.seconds:.2f}s "
                    f"({rate}): ")
