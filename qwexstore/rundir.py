@@ -31,9 +31,12 @@ from collections.abc import Callable
 from glob import has_magic
 
 from .errors import UserError
+from .gittree import check_git_path
 from .globs import Selector
 from .manifest import check_relpath
 from .tree import Scanned
+
+_SYMLINK = 0o120000
 
 __all__ = ["STREAMS", "RunDir"]
 
@@ -132,6 +135,9 @@ class RunDir:
                 check_relpath(rel)
             except ValueError as e:
                 raise UserError(f"output {rel!r}: {e}") from None
+            why = check_git_path(rel, _SYMLINK if stat.S_ISLNK(st.st_mode) else None)
+            if why is not None:  # a checkout would turn it into live git metadata (spec/runs.md O2)
+                raise UserError(f"output {why}; outputs never hold git metadata: archive it or leave it out")
             staged = str(len(found))
             try:
                 os.rename(name, staged, src_dir_fd=parent, dst_dir_fd=dfd)

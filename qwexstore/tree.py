@@ -12,13 +12,17 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .digest import hash_file
 from .errors import UserError
 from .faults import crashpoint
+from .gittree import check_git_path
 from .index import Index, StatEntry
 from .manifest import Entry, FileEntry, Manifest, SymlinkEntry, check_relpath
-from .store import BlobTarget, Store
+
+if TYPE_CHECKING:  # the store (asyncio, threads) stays off the cache-hit path, which scans inputs
+    from .store import Store
 
 __all__ = ["RACY_NS", "Scanned", "hash_entries", "materialize", "scan"]
 
@@ -198,8 +202,13 @@ async def materialize(
     except ValueError as err:
         raise UserError(f"refusing to materialize an invalid manifest: {err}") from None
     os.makedirs(dest, exist_ok=True)
+    from .store import BlobTarget
+
     targets: list[BlobTarget] = []
     for e in manifest.entries:
+        why = check_git_path(e.path, 0o120000 if isinstance(e, SymlinkEntry) else None)
+        if why is not None:  # never write git metadata (a crafted or foreign store; spec/runs.md O2)
+            raise UserError(f"refusing to materialize {why}")
         target = _safe_parent(dest, e.path)
         if os.path.lexists(target):
             raise UserError(f"{target} already exists")

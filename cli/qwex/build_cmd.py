@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 from ._ctx import (
     emit_json,
     handles_errors,
-    human_duration,
-    human_size,
     location,
     open_index,
     open_store,
     run_async,
 )
 from ._options import AllowDirty, AllowUnpinned, Json, Runner
+from .build_view import node_json as _node_json
+from .build_view import print_result as _print_result
 
 Jobs = Annotated[
     int | None,
@@ -37,36 +37,6 @@ KeepGoing = Annotated[
     bool,
     typer.Option("--keep-going", "-k", help="After a failure, go on building what does not depend on it."),
 ]
-
-
-def _node_json(r: NodeReport) -> dict[str, Any]:
-    return {"name": r.name, "drv": r.drv_path, "status": r.status, "key": r.key,
-            "duration_s": round(r.duration_ns / 1e9, 3), "message": r.message}
-
-
-def _print_result(
-    r: BuildResult, as_json: bool, elapsed_ns: int | None = None, nodes: list[dict[str, Any]] | None = None
-) -> None:
-    if as_json:
-        doc = {
-            "key": r.key,
-            "cached": r.cached,
-            "run_id": r.run_id,
-            "manifest": r.manifest,
-            "files": r.files,
-            "size": r.size,
-            "outputs": [p for p, _ in r.listing],
-        }
-        emit_json(doc if nodes is None else {**doc, "nodes": nodes})
-        return
-    how = "cached" if r.cached else "built" + (f" in {human_duration(elapsed_ns)}" if elapsed_ns else "")
-    print(f"key      {r.key}")
-    print(f"run      {r.run_id} ({how})")
-    print(f"outputs  {r.files} files, {human_size(r.size)}")
-    for path, size in r.listing:
-        print(f"  {path}  ({human_size(size)})")
-    if r.files > len(r.listing):
-        print(f"  ... and {r.files - len(r.listing)} more (qwex show {r.key[7:19]})")
 
 
 def _default_jobs() -> int:

@@ -1,14 +1,16 @@
 """How ``qwex build`` shows a build: live logs (prefixed when several derivations build),
-the ingest progress bar, and the per-node summary table of a pipeline."""
+the ingest progress bar, the per-node summary table of a pipeline, and the final result
+(also printed by the cache-hit fast path, :mod:`qwex.main`, so it imports no CLI framework)."""
 
 from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._ctx import human_duration
+from ._ctx import emit_json, human_duration, human_size
 
 if TYPE_CHECKING:
+    from qwexstore.cache import BuildResult
     from qwexstore.graph import NodeReport
 
 
@@ -108,3 +110,35 @@ def summary_lines(reports: list[NodeReport]) -> list[str]:
     counts = {s: sum(r.status == s for r in reports) for s in statuses}
     head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     return [f"qwex: {len(reports)} derivations: {head}", *lines]
+
+
+def node_json(r: NodeReport) -> dict[str, Any]:
+    """One pipeline node as ``--json`` reports it under ``nodes``."""
+    return {"name": r.name, "drv": r.drv_path, "status": r.status, "key": r.key,
+            "duration_s": round(r.duration_ns / 1e9, 3), "message": r.message}
+
+
+def print_result(
+    r: BuildResult, as_json: bool, elapsed_ns: int | None = None, nodes: list[dict[str, Any]] | None = None
+) -> None:
+    """What ``qwex build`` prints at the end, a hit or a build: key, run and outputs."""
+    if as_json:
+        doc = {
+            "key": r.key,
+            "cached": r.cached,
+            "run_id": r.run_id,
+            "manifest": r.manifest,
+            "files": r.files,
+            "size": r.size,
+            "outputs": [p for p, _ in r.listing],
+        }
+        emit_json(doc if nodes is None else {**doc, "nodes": nodes})
+        return
+    how = "cached" if r.cached else "built" + (f" in {human_duration(elapsed_ns)}" if elapsed_ns else "")
+    print(f"key      {r.key}")
+    print(f"run      {r.run_id} ({how})")
+    print(f"outputs  {r.files} files, {human_size(r.size)}")
+    for path, size in r.listing:
+        print(f"  {path}  ({human_size(size)})")
+    if r.files > len(r.listing):
+        print(f"  ... and {r.files - len(r.listing)} more (qwex show {r.key[7:19]})")

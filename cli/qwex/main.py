@@ -1,64 +1,61 @@
-"""The ``qwex`` application: global options and command registration."""
+"""The ``qwex`` console script: answer a cache hit before the CLI framework is imported.
+
+``qwex build FILE.drv [--json]`` whose key is realised (the common case in scripts,
+loops and notebooks) is answered here with the same library calls and the same printer as
+the full command (:func:`qwex.build_cmd.build`): plan, resolve ``drv:`` inputs through the
+index, confirm the realisation in the store, print. Anything else — other options or
+commands, a miss, an error of any kind — goes to the typer application
+(:mod:`qwex.app`), which starts from scratch and reports errors its way. The fast path
+never creates, builds or prints anything before it knows the answer is a hit.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
 
-import typer
-
-from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, maint_cmd
-from ._ctx import STATE, UNLIMITED, piped
-
-# Piped help (`qwex ls --help | less`, a script): click's plain formatter at no width
-# limit, instead of rich panels sized to an 80-column default.
-_WIDTH = {"terminal_width": UNLIMITED, "max_content_width": UNLIMITED} if piped() else {}
-
-app = typer.Typer(
-    name="qwex",
-    help="Content-addressed reproducibility store for ML runs.",
-    no_args_is_help=True,
-    invoke_without_command=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None if piped() else "rich",
-    context_settings={"help_option_names": ["-h", "--help"], **_WIDTH},
-)
+__all__ = ["main"]
 
 
-@app.callback()
-def _global(
-    store: Annotated[
-        str | None,
-        typer.Option("--store", envvar="QWEX_STORE",
-                     help="Store path or URL (default: `store` in .qwex/config.toml or "
-                          "$QWEX_HOME/config.toml, else $QWEX_HOME/store)."),
-    ] = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
-        from qwexstore import __version__
+def _hit(argv: list[str]) -> bool:
+    """Print the result of ``build FILE [--json]`` if every node is realised; True if so."""
+    args = [a for a in argv if a != "--json"]
+    if len(args) != 2 or args[0] != "build" or args[1].startswith("-") or len(argv) - len(args) > 1:
+        return False
+    try:
+        from qwexstore.cache import lookup
+        from qwexstore.graph import try_resolve
+        from qwexstore.index import Index
+        from qwexstore.plan import plan_file
 
-        print(f"qwex {__version__}")
-        raise typer.Exit()
-    STATE.store_location = store
-    STATE.located = None
+        from ._ctx import location
 
+        loc = location()
+        if not loc.exists():
+            return False
+        realised = loc.realised()
+        with Index(loc.index_path()) as index:
+            plan = plan_file(args[1], index)
+            resolved = try_resolve(plan, index, realised)
+            hit = lookup(index, resolved.key, realised) if resolved is not None else None
+    except Exception:  # the full command plans again and reports the error properly
+        return False
+    if hit is None:
+        return False
+    from ._ctx import handles_errors
+    from .build_view import print_result
 
-app.command()(build_cmd.build)
-app.command(context_settings={"allow_interspersed_args": False})(build_cmd.run)
-app.command(name="hash")(build_cmd.hash)
-app.command()(inspect_cmd.show)
-app.command()(inspect_cmd.log)
-app.command()(inspect_cmd.ls)
-app.command()(checkout_cmd.checkout)
-app.command()(diff_cmd.diff)
-app.add_typer(index_cmd.app, name="index")
-app.command()(maint_cmd.verify)
-app.command()(maint_cmd.gc)
-app.command()(maint_cmd.pin)
-app.command()(maint_cmd.unpin)
+    handles_errors(print_result)(hit, "--json" in argv)
+    return True
 
 
 def main() -> None:
     """Console-script entry point."""
+    if _hit(sys.argv[1:]):
+        return
+    from .app import app
+
     app(prog_name="qwex")
+
+
+if __name__ == "__main__":
+    main()
