@@ -242,7 +242,7 @@ def cached_pair(ctx: Ctx, rec: Record, dvc: Pipeline, qwex: Pipeline | None, sta
 def bench_cache_hit(ctx: Ctx) -> Record:
     """One-stage pipeline, up to date: dvc repro vs qwex build (cache hit)."""
     rec = Record(
-        "cache_hit", "cache hit: up-to-date one-stage pipeline", peer_name="dvc repro", target_ratio=0.4
+        "cache_hit", "cache hit: up-to-date one-stage pipeline", peer_name="dvc repro", target_ratio=0.2
     )
     py = ctx.tools.python
     reps = ctx.reps(10)
