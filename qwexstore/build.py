@@ -32,6 +32,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -304,40 +305,47 @@ async def _prepare_and_run(
         live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
     record_lock = GcLock(tmp, exclusive=False)
     try:
-        return await _execute_and_record(
-            store, index, plan, driver, tmp, run_id, drv_hash, record_lock, on_log, progress, environ
-        )
+        run = _Run(store, index, plan, driver, run_id, drv_hash, RunDir(tmp, run_id), progress, environ)
+        return await _execute_and_record(run, record_lock, on_log)
     finally:
         record_lock.release()
         live.release()  # after the work dir is gone: gc removes a work dir with no live root
 
 
+@dataclass
+class _Run:
+    """One execution, carried from phase to phase: prepared (derivation record written,
+    run dir made), then staged and executed, then recorded. ``impure`` and ``started`` are
+    set when the job starts."""
+
+    store: Store
+    index: Index
+    plan: Plan
+    driver: Driver
+    run_id: str
+    drv_hash: str
+    rd: RunDir
+    progress: Progress | None
+    environ: dict[str, str]
+    impure: dict[str, str] = field(default_factory=dict)
+    started: int = 0
+
+
 async def _execute_and_record(
-    store: Store,
-    index: Index,
-    plan: Plan,
-    driver: Driver,
-    tmp: str,
-    run_id: str,
-    drv_hash: str,
-    record_lock: GcLock,
-    on_log: Callable[[str, bytes], None],
-    progress: Progress | None,
-    environ: dict[str, str],
+    run: _Run, record_lock: GcLock, on_log: Callable[[str, bytes], None]
 ) -> BuildResult:
     """Stage the work dir, run the job with no gc lock held, then take ``record_lock`` and
     record the outcome."""
-    key = plan.key
-    rd = RunDir(tmp, run_id)
+    plan, rd = run.plan, run.rd
     try:
-        await _stage(store, plan, rd.work)
+        await _stage(run.store, plan, rd.work)
     except BaseException:
         rd.remove()
         raise
-    env, impure = base_env(plan, run_id, key, rd.path, environ)
+    env, run.impure = base_env(plan, run.run_id, plan.key, rd.path, run.environ)
     rp = RunPlan(
-        run_id=run_id,
-        key=key,
+        run_id=run.run_id,
+        key=plan.key,
         name=plan.name,
         workdir=rd.work,
         argv=plan.derivation.command,
@@ -345,73 +353,41 @@ async def _execute_and_record(
         layers=plan.layers,
         image=plan.derivation.env.image,
     )
-    started = time.time_ns()
+    run.started = time.time_ns()
     try:
-        outcome = await _execute(driver, rp, rd, on_log)
+        outcome = await _execute(run.driver, rp, rd, on_log)
     except DriverError:
         rd.remove()  # the backend failed, not the command: no run
         raise
     # The job has ended: record it even if interrupted now (Ctrl-C while outputs are being
     # hashed must not throw a finished run away), then let the interruption proceed.
-    recording = asyncio.ensure_future(_record(
-        store, index, plan, driver, run_id, drv_hash, record_lock, rd, outcome, started,
-        impure, progress, environ,
-    ))
+    recording = asyncio.ensure_future(_record(run, record_lock, outcome))
     try:
         return await asyncio.shield(recording)
     except asyncio.CancelledError:
         return await recording
 
 
-async def _record(
-    store: Store,
-    index: Index,
-    plan: Plan,
-    driver: Driver,
-    run_id: str,
-    drv_hash: str,
-    record_lock: GcLock,
-    rd: RunDir,
-    outcome: RunOutcome | None,
-    started: int,
-    impure: dict[str, str],
-    progress: Progress | None,
-    environ: dict[str, str],
-) -> BuildResult:
+async def _record(run: _Run, record_lock: GcLock, outcome: RunOutcome | None) -> BuildResult:
     """Record an ended job under the shared gc lock (``record_lock``, released by _run):
     outputs, logs, the run record, then (success only) the realisation and the index.
     The run dir is removed whatever happens; a write that fails (a full disk) is one
     StoreError, and the store holds no realisation for the run."""
     try:
-        return await _record_run(
-            store, index, plan, driver, run_id, drv_hash, record_lock, rd, outcome, started,
-            impure, progress, environ,
-        )
+        return await _record_run(run, record_lock, outcome)
     except OSError as e:
-        raise StoreError(f"{plan.name}: cannot record run {run_id}: {_oserror(e)}") from None
+        raise StoreError(f"{run.plan.name}: cannot record run {run.run_id}: {_oserror(e)}") from None
     finally:
-        rd.remove()
+        run.rd.remove()
 
 
 def _oserror(e: OSError) -> str:
     return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
 
 
-async def _record_run(
-    store: Store,
-    index: Index,
-    plan: Plan,
-    driver: Driver,
-    run_id: str,
-    drv_hash: str,
-    record_lock: GcLock,
-    rd: RunDir,
-    outcome: RunOutcome | None,
-    started: int,
-    impure: dict[str, str],
-    progress: Progress | None,
-    environ: dict[str, str],
-) -> BuildResult:
+async def _record_run(run: _Run, record_lock: GcLock, outcome: RunOutcome | None) -> BuildResult:
+    store, index, plan, rd = run.store, run.index, run.plan, run.rd
+    run_id, drv_hash = run.run_id, run.drv_hash
     key = plan.key
     await record_lock.acquire()
     # Decide the run's status; on success ingest the outputs (blobs, then the manifest).
@@ -420,7 +396,7 @@ async def _record_run(
     manifest: Manifest | None = None
     if outcome is not None and outcome.status == "succeeded":
         try:
-            manifest = await _ingest(store, rd, plan.derivation.outputs, progress)
+            manifest = await _ingest(store, rd, plan.derivation.outputs, run.progress)
         except (ValueError, UserError) as e:
             status, message = "failed", str(e)
         except OSError as e:  # e.g. an unreadable output, or a full disk
@@ -433,25 +409,25 @@ async def _record_run(
         logs[stream] = hash_file(path)
         await store.storage.put_file(store.blob_path(logs[stream]), path, consume=True)
     await store.storage.sync()
-    run = RunRecord(
+    record = RunRecord(
         run_id=run_id,
         key=key,
         drv=drv_hash,
         name=plan.name,
         status=status,
         exit_code=None if outcome is None else outcome.exit_code,
-        started_ns=started if outcome is None else outcome.started_ns,
+        started_ns=run.started if outcome is None else outcome.started_ns,
         finished_ns=time.time_ns() if outcome is None else outcome.finished_ns,
         host=socket.gethostname(),
-        user=environ.get("USER", str(os.getuid())),
-        driver=driver.name,
+        user=run.environ.get("USER", str(os.getuid())),
+        driver=run.driver.name,
         stdout=logs["stdout"],
         stderr=logs["stderr"],
         manifest=None if manifest is None else manifest.digest(),
-        impure=impure,
+        impure=run.impure,
         message=message,
     )
-    await store.put_run(run)
+    await store.put_run(record)
     result: BuildResult | None = None
     created = time.time_ns()
     if manifest is not None:
@@ -462,7 +438,9 @@ async def _record_run(
         await store.storage.sync()
         result = _result(key, False, run_id, manifest.digest(), manifest)
     with index.writer() as w:
-        w.run(run_id, RunSummary(key, plan.name, status, run.exit_code, run.started_ns, run.finished_ns))
+        w.run(run_id, RunSummary(
+            key, plan.name, status, record.exit_code, record.started_ns, record.finished_ns
+        ))
         w.derivation(drv_hash, plan.name)
         if result is not None:
             w.realisation(key, _indexed(result, created))
