@@ -26,6 +26,7 @@ import contextlib
 import errno
 import glob
 import os
+import posixpath
 import secrets
 import shutil
 import socket
@@ -45,7 +46,7 @@ from .errors import BuildCancelled, BuildFailed, DriverError, StoreError, UserEr
 from .index import Index, IndexedRealisation, RunSummary
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .locks import KeyLock
-from .manifest import Entry, FileEntry, Manifest
+from .manifest import Entry, FileEntry, Manifest, SymlinkEntry
 from .plan import Plan
 from .records import Realisation, RunRecord, RunStatus
 from .rundir import RunDir
@@ -305,8 +306,9 @@ async def _prepare_and_run(
         live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
     record_lock = GcLock(tmp, exclusive=False)
     try:
-        run = _Run(store, index, plan, driver, run_id, drv_hash, RunDir(tmp, run_id), progress, environ)
-        return await _execute_and_record(run, record_lock, on_log)
+        rd = RunDir(tmp, run_id)
+        run = _Run(store, index, plan, driver, run_id, drv_hash, rd, progress, environ, on_log)
+        return await _execute_and_record(run, record_lock)
     finally:
         record_lock.release()
         live.release()  # after the work dir is gone: gc removes a work dir with no live root
@@ -327,13 +329,12 @@ class _Run:
     rd: RunDir
     progress: Progress | None
     environ: dict[str, str]
+    on_log: Callable[[str, bytes], None]
     impure: dict[str, str] = field(default_factory=dict)
     started: int = 0
 
 
-async def _execute_and_record(
-    run: _Run, record_lock: GcLock, on_log: Callable[[str, bytes], None]
-) -> BuildResult:
+async def _execute_and_record(run: _Run, record_lock: GcLock) -> BuildResult:
     """Stage the work dir, run the job with no gc lock held, then take ``record_lock`` and
     record the outcome."""
     plan, rd = run.plan, run.rd
@@ -355,7 +356,7 @@ async def _execute_and_record(
     )
     run.started = time.time_ns()
     try:
-        outcome = await _execute(run.driver, rp, rd, on_log)
+        outcome = await _execute(run.driver, rp, rd, run.on_log)
     except DriverError:
         rd.remove()  # the backend failed, not the command: no run
         raise
@@ -381,6 +382,27 @@ async def _record(run: _Run, record_lock: GcLock, outcome: RunOutcome | None) ->
         run.rd.remove()
 
 
+def _warn_links_out(run: _Run, manifest: Manifest) -> None:
+    """Say, live and in the run's stderr log, which output symlinks lead outside the
+    outputs (absolute, up out of the work dir, or to a work-dir path that is not an
+    output): the store keeps the link, not what it points to, so a checkout or a
+    downstream stage gets a link that may dangle (spec/runs.md O3). qwex never follows a
+    link the job made, so it cannot store the target instead."""
+    inside = {e.path for e in manifest.entries}
+    inside |= {p.rsplit("/", i)[0] for p in list(inside) for i in range(1, p.count("/") + 1)}
+    for e in manifest.entries:
+        if not isinstance(e, SymlinkEntry):
+            continue
+        to = posixpath.normpath(posixpath.join(posixpath.dirname(e.path), e.target))
+        if e.target.startswith("/") or to not in inside:
+            line = (f"qwex: warning: output {e.path} is a symlink to {e.target!r}, outside the "
+                    "outputs: only the link is stored; write the file itself into the outputs\n")
+            data = line.encode("utf-8", "backslashreplace")
+            with contextlib.suppress(OSError):
+                run.rd.write_log("stderr", data)
+            run.on_log("stderr", data)
+
+
 def _oserror(e: OSError) -> str:
     return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
 
@@ -397,6 +419,7 @@ async def _record_run(run: _Run, record_lock: GcLock, outcome: RunOutcome | None
     if outcome is not None and outcome.status == "succeeded":
         try:
             manifest = await _ingest(store, rd, plan.derivation.outputs, run.progress)
+            _warn_links_out(run, manifest)
         except (ValueError, UserError) as e:
             status, message = "failed", str(e)
         except OSError as e:  # e.g. an unreadable output, or a full disk

@@ -7,6 +7,8 @@ attacks beyond the issue's list, each pinned by a test.
   (spec/runs.md O2).
 - A crafted commit whose tree holds both a symlink ``a`` and a file ``a/x`` must never make
   staging write through the link.
+- An output symlink that leads outside the outputs (a checkpoint linked to scratch space)
+  is stored as a link only: the build says so, live and in the stored log (runs.md O3).
 - The cache-hit fast path (``qwex.main``) answers exactly as the full command does, and
   falls back to it for everything else.
 """
@@ -101,3 +103,17 @@ def test_the_fast_hit_path_answers_exactly_as_the_full_command(qwex: Qwex, git_r
     assert fast_json == full_json and fast_json["cached"] is True
     # Errors still come from the full command: one line, exit 2.
     assert_user_error(qwex("build", "missing.drv", cwd=git_repo.path), "missing.drv")
+
+
+def test_an_output_symlink_leading_outside_the_outputs_is_reported(qwex: Qwex, git_repo: GitRepo) -> None:
+    script = ("mkdir -p out/sub && echo m > out/sub/model && ln -s sub/model out/inside"
+              " && ln -s /scratch/ckpt.pt out/abs && ln -s ../job.py out/up")
+    git_repo.commit("drv", {"t.drv": drv_text(script)})
+    cp = qwex("build", "t.drv", cwd=git_repo.path)
+    assert cp.returncode == 0, cp.stderr
+    warned = [line for line in cp.stderr.splitlines() if line.startswith("qwex: warning: output")]
+    assert sorted(w.split()[3] for w in warned) == ["out/abs", "out/up"], cp.stderr
+    assert "/scratch/ckpt.pt" in cp.stderr
+    key = parse_build(cp.stdout).key
+    log = qwex.ok("log", key).stdout + qwex.ok("log", key).stderr
+    assert "out/abs is a symlink" in log
