@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from .drvfile import find_nul
-from .errors import DrvFileError, UserError
+from .errors import DrvFileError
 from .layers import Layer, layer_fields
 from .schema import FormatError, convert, join_key
 
@@ -91,12 +91,24 @@ def load_config(project_root: str | None) -> Config:
     return Config(runners={**user.runners, **proj.runners}, store=proj.store or user.store)
 
 
-def apply_runner(layers: list[Layer], runner: Runner, name: str) -> list[Layer]:
-    """The effective layer stack: ``layers`` with the runner's placement applied."""
+def runner_file(project_root: str | None, name: str) -> str:
+    """The config file that defines runner ``name`` (the project's wins, as in load_config)."""
+    if project_root is not None:
+        proj = os.path.join(project_root, ".qwex", "config.toml")
+        if name in _load(proj).runners:
+            return proj
+    return os.path.join(qwex_home(), "config.toml")
+
+
+def apply_runner(layers: list[Layer], runner: Runner, name: str, file: str = "config.toml") -> list[Layer]:
+    """The effective layer stack: ``layers`` with the runner's placement applied.
+
+    A runner may set placement only: changing an identity field is a DrvFileError naming
+    ``file`` (where the runner is defined) and ``runners.NAME.layers[i].FIELD``."""
     by_kind = {type(layer): i for i, layer in enumerate(layers)}
     merged = list(layers)
     outer: list[Layer] = []
-    for rl in runner.layers:
+    for j, rl in enumerate(runner.layers):
         i = by_kind.get(type(rl))
         if i is None:
             outer.append(rl)
@@ -106,12 +118,15 @@ def apply_runner(layers: list[Layer], runner: Runner, name: str) -> list[Layer]:
         ident, placement = fields
         base = merged[i]
         changes: dict[str, Any] = {}
+        required = _required(rl)
         for f in type(rl).__struct_fields__:
-            value, default = getattr(rl, f), getattr(type(rl)(**_required(rl)), f)
-            if value == default:
-                continue
+            value, default = getattr(rl, f), getattr(type(rl)(**required), f)
+            if value == default and f not in required:
+                continue  # not set by the runner (a required field always is)
             if f in ident and value != getattr(base, f):
-                raise UserError(f"runner {name!r} may not change identity field {f!r} of a layer")
+                raise DrvFileError(file, f"runner {name!r} may not change identity field {f!r} of the "
+                                   "derivation's layer (identity is in the key; runners set placement)",
+                                   f"runners.{name}.layers[{j}].{f}")
             if f in placement:
                 changes[f] = value
         merged[i] = msgspec.structs.replace(base, **changes)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from .config import apply_runner, load_config
+from .config import apply_runner, load_config, runner_file
 from .derivation import BlobInput, Derivation, DrvInput, Env, Input, TreeInput
 from .digest import is_digest
 from .drvfile import DrvFile, parse_drv_file
@@ -236,7 +236,7 @@ def plan_parsed(
         if runner not in cfg.runners:
             known = ", ".join(sorted(cfg.runners)) or "none configured"
             raise UserError(f"unknown runner {runner!r} (known: {known})")
-        layers = apply_runner(layers, cfg.runners[runner], runner)
+        layers = apply_runner(layers, cfg.runners[runner], runner, runner_file(root, runner))
     idents = [
         x
         for i, layer in enumerate(layers)

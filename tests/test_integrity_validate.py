@@ -320,6 +320,17 @@ def test_config_unknown_layer_kind_names_the_runner(qwex: Qwex, git_repo: GitRep
                       "runners.x.layers[0].kind: unknown layer kind 'docker'")
 
 
+def test_runner_changing_an_identity_field_names_the_config_file(qwex: Qwex, git_repo: GitRepo) -> None:
+    img = "docker://x@sha256:" + "a" * 64
+    other = "docker://x@sha256:" + "b" * 64
+    cfg = f'[runners.gpu]\nlayers = [{{ kind = "singularity", image = "{other}" }}]\n'
+    layer = f'[[layers]]\nkind = "singularity"\nimage = "{img}"\n'
+    git_repo.commit(files={".qwex/config.toml": cfg, "c.drv": drv_text("true", extra=layer)})
+    line = assert_user_error(qwex("hash", "c.drv", "--runner", "gpu", cwd=git_repo.path),
+                             "config.toml: runners.gpu.layers[0].image", "identity")
+    assert ".qwex/config.toml" in line
+
+
 def test_local_driver_refuses_image_before_anything_starts(qwex: Qwex, git_repo: GitRepo,
                                                            tmp_path: Path) -> None:
     marker = tmp_path / "ran"
