@@ -188,8 +188,8 @@ def _dep_names(reqs: list[str]) -> set[str]:
     return {re.sub(r"[-_.]+", "-", re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]).lower() for r in reqs}
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("test.lock", ["test", "examples"]),
-                                              ("quickstart.lock", ["examples"])])
+@pytest.mark.parametrize(("lock", "extras"), [("test.txt", ["test", "examples"]),
+                                              ("quickstart.txt", ["examples"])])
 def test_lock_pins_every_dependency_with_hashes(lock: str, extras: list[str]) -> None:
     path = ROOT / "requirements" / lock
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -207,7 +207,7 @@ def test_lock_pins_every_dependency_with_hashes(lock: str, extras: list[str]) ->
 
 
 def test_scripts_install_from_the_lock() -> None:
-    for script, lock in (("test", "test.lock"), ("quickstart", "quickstart.lock")):
+    for script, lock in (("test", "test.txt"), ("quickstart", "quickstart.txt")):
         text = (ROOT / "scripts" / script).read_text()
         assert f"--require-hashes -r requirements/{lock}" in text, script
         assert "--no-deps" in text, script
