@@ -32,7 +32,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -261,6 +261,16 @@ def _indexed(r: BuildResult, created_ns: int) -> IndexedRealisation:
     return IndexedRealisation(r.manifest, r.run_id, created_ns, r.files, r.size, r.listing)
 
 
+@contextlib.contextmanager
+def _full_disk_is_a_store_error(name: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(f"{name}: cannot build: {_oserror(e)}") from None
+
+
 async def _run(
     store: Store,
     index: Index,
@@ -275,43 +285,26 @@ async def _run(
 
     A full disk (ENOSPC, EDQUOT) anywhere is one StoreError line; every write before it was
     atomic, so the store holds nothing partial under a final name."""
-    try:
-        return await _prepare_and_run(store, index, plan, driver, tmp, on_log, progress, environ)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise StoreError(f"{plan.name}: cannot build: {_oserror(e)}") from None
-
-
-async def _prepare_and_run(
-    store: Store,
-    index: Index,
-    plan: Plan,
-    driver: Driver,
-    tmp: str,
-    on_log: Callable[[str, bytes], None],
-    progress: Progress | None,
-    environ: dict[str, str],
-) -> BuildResult:
-    assert plan.repo is not None and plan.commit is not None
-    run_id = new_run_id()
-    # Prepare phase under the shared gc lock: gc cannot sweep what is written here before
-    # the live-roots file names it (and an object found present stays present).
-    async with GcLock(tmp, exclusive=False):
-        snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
-        await _store_inputs(store, plan, tmp)
-        await _check_tree_inputs(store, index, plan)
-        await store.storage.sync()  # snapshot and inputs are durable before the records naming them
-        drv_hash = await store.put_derivation(plan.record(snapshot))
-        live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
-    record_lock = GcLock(tmp, exclusive=False)
-    try:
-        rd = RunDir(tmp, run_id)
-        run = _Run(store, index, plan, driver, run_id, drv_hash, rd, progress, environ, on_log)
-        return await _execute_and_record(run, record_lock)
-    finally:
-        record_lock.release()
-        live.release()  # after the work dir is gone: gc removes a work dir with no live root
+    with _full_disk_is_a_store_error(plan.name):
+        assert plan.repo is not None and plan.commit is not None
+        run_id = new_run_id()
+        # Prepare phase under the shared gc lock: gc cannot sweep what is written here before
+        # the live-roots file names it (and an object found present stays present).
+        async with GcLock(tmp, exclusive=False):
+            snapshot = await take_snapshot(store, index, plan.repo, plan.commit, tmp)
+            await _store_inputs(store, plan, tmp)
+            await _check_tree_inputs(store, index, plan)
+            await store.storage.sync()  # snapshot and inputs are durable before the records naming them
+            drv_hash = await store.put_derivation(plan.record(snapshot))
+            live = LiveRootFile.create(tmp, LiveRoot.now(run_id, drv_hash))
+        record_lock = GcLock(tmp, exclusive=False)
+        try:
+            rd = RunDir(tmp, run_id)
+            run = _Run(store, index, plan, driver, run_id, drv_hash, rd, progress, environ, on_log)
+            return await _execute_and_record(run, record_lock)
+        finally:
+            record_lock.release()
+            live.release()  # after the work dir is gone: gc removes a work dir with no live root
 
 
 @dataclass
