@@ -1,295 +1,164 @@
-"""The storage protocol: the few file operations a store needs (spec/store.md, "Storage").
+"""The storage protocol: the few operations a store needs (spec/storage.md).
 
-A :class:`Storage` maps slash-separated relative paths to immutable byte strings. Every
-implementation MUST make ``put``/``put_file`` atomic (readers see the whole object or
-nothing under its final name) and write-once (an existing object is never replaced; the
-call reports False). Deduplication, hashing, verification and indexing live above it.
+A :class:`Storage` maps slash-separated relative paths to byte strings, in two namespaces:
 
-Implementations: :class:`LocalStorage` (a directory; hard links and renames for
-ingest) and :class:`FsspecStorage` (any fsspec filesystem: memory, S3, SSH). Both pass
-tests/test_storage_conformance.py. Methods are async so network backends fit; local
-calls are cheap enough to run inline.
+- **objects** (everything outside ``leases/`` and ``refs/``): immutable and write-once.
+  ``put``/``put_file`` MUST be atomic (a reader sees the whole object under its final name
+  or nothing, even if the writer is killed) and a real exclusive create (of two concurrent
+  writers exactly one gets True; an existing object is never replaced).
+- **refs** (paths under ``leases/`` and ``refs/``): small mutable values read and written
+  only with ``ref_get``/``ref_put``/``ref_delete``, which compare-and-swap on an opaque
+  ``etag``.
+
+Backends retry transient failures (connection refused or reset, timeouts, HTTP 5xx,
+throttling) with exponential backoff for ``QWEX_STORE_RETRY_S`` seconds (default 30), then
+raise :class:`~qwexstore.errors.TransientStoreError`; permanent failures raise
+:class:`~qwexstore.errors.StoreError` with a one-line message. Deduplication, hashing,
+verification and indexing live above this interface; a backend never interprets bytes.
+
+Implementations (each passes tests/test_storage_conformance.py): ``LocalStorage``
+(storage_local.py), ``FsspecStorage`` (storage_fsspec.py: memory:// and other fsspec
+filesystems, exclusive within one process), ``S3Storage`` (storage_s3.py) and
+``SftpStorage`` (storage_sftp.py). Network backends bind their connections to the running
+event loop; call ``close()`` before that loop ends (each ``asyncio.run``).
+
+This module imports no backend library: opening a local store never imports fsspec.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
-import msgspec
+from .errors import StoreError, UserError
+from .storage_fsspec import FsspecStorage
+from .storage_local import LocalStorage
+from .storage_types import REF_PREFIXES, Capabilities, ObjectInfo, Versioned, is_ref_path
 
-from .errors import ObjectNotFound, StoreError
-from .faults import crashpoint
-
-T = TypeVar("T")
-
-__all__ = ["Capabilities", "FsspecStorage", "LocalStorage", "Storage", "open_storage"]
-
-
-class Capabilities(msgspec.Struct, frozen=True):
-    """What a backend can do beyond the protocol.
-
-    ``local_root``: the objects are plain files under this directory, so callers may copy
-    them with the kernel's help (or hard-link them out, when a user explicitly asks:
-    ``checkout --link``), and ``put_file(consume=True)`` renames instead of copying.
-    """
-
-    local_root: str | None = None
+__all__ = [
+    "REF_PREFIXES",
+    "Capabilities",
+    "FsspecStorage",
+    "LocalStorage",
+    "ObjectInfo",
+    "Storage",
+    "Versioned",
+    "is_ref_path",
+    "open_storage",
+]
 
 
 @runtime_checkable
 class Storage(Protocol):
-    """Immutable objects under relative paths. See the module docstring for the contract."""
+    """Write-once objects plus a compare-and-swap ref namespace; see the module docstring."""
 
     capabilities: Capabilities
+    url: str  # where it is, for messages
 
     async def exists(self, paths: Sequence[str]) -> list[bool]:
-        """Batched existence check, one answer per path, in order."""
+        """One answer per path, in order; network backends check up to
+        ``capabilities.concurrency`` paths at a time."""
+        ...
+
+    async def stat(self, path: str) -> ObjectInfo:
+        """Size and modification time; raise ObjectNotFound."""
         ...
 
     async def put(self, path: str, data: bytes) -> bool:
-        """Store ``data`` at ``path`` atomically; False (and no change) if it exists."""
+        """Create ``path`` with ``data`` atomically; False (and no change) if it exists."""
         ...
 
     async def put_file(self, path: str, src: str, *, consume: bool) -> bool:
-        """Store a local file's bytes at ``path``. With ``consume`` the backend may move or
-        link ``src`` instead of copying it; the caller must not modify ``src`` afterwards."""
+        """As ``put``, streaming a local file (never read whole into memory). With
+        ``consume`` the backend may move or link ``src``; the caller must not use ``src``
+        afterwards unless the result is False (then ``src`` is intact)."""
         ...
 
-    async def get(self, path: str) -> bytes:
-        """The object's bytes; raise ObjectNotFound."""
+    async def get(self, path: str, *, limit: int | None = None) -> bytes:
+        """The object's bytes (small objects only: records); raise ObjectNotFound. With
+        ``limit``, at most ``limit + 1`` bytes are read, so a caller that knows the size an
+        object must have sees an oversized one without holding all of it (a hostile remote
+        can serve an endless object)."""
         ...
 
     async def get_file(self, path: str, dest: str) -> None:
-        """Copy the object's bytes, unverified, to the new local file ``dest`` (a raw
-        transfer: ``Store.materialize_blob`` verifies and publishes); raise ObjectNotFound."""
+        """Stream the object, unverified, into the new local file ``dest`` (never a link).
+        On any error ``dest`` does not exist afterwards. Raise ObjectNotFound."""
         ...
 
     async def list(self, prefix: str) -> list[str]:
-        """Every object path under directory ``prefix`` (recursive), in no particular order."""
+        """Every path under directory ``prefix`` (recursive), unordered. Under ``leases/``
+        and ``refs/`` it names refs (which ``ref_get`` may find deleted)."""
         ...
 
     async def delete(self, path: str) -> None:
-        """Remove the object; missing objects are not an error."""
+        """Remove an object; a missing object is not an error."""
         ...
 
     async def sync(self) -> None:
-        """Durability barrier: every object stored before the call survives a crash after it."""
+        """Durability barrier: every object stored before the call survives a crash."""
+        ...
+
+    async def ref_get(self, path: str) -> Versioned | None:
+        """The ref's bytes and etag, or None if it does not exist."""
+        ...
+
+    async def ref_put(self, path: str, data: bytes, *, expect: str | None) -> str | None:
+        """Write a ref if its current etag is ``expect`` (``None``: only if it does not
+        exist). Returns the new etag, or None when the precondition failed."""
+        ...
+
+    async def ref_delete(self, path: str, *, expect: str) -> bool:
+        """Delete a ref if its current etag is ``expect``; False if it was not."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections bound to the running event loop. Idempotent; the object
+        stays usable (a later call in another loop reconnects)."""
         ...
 
 
-def _syncfs(path: str) -> None:
-    """Flush the filesystem holding ``path``: one call instead of an fsync per file."""
-    import ctypes
+def open_storage(
+    url: str, *, endpoint: str | None = None, profile: str | None = None, region: str | None = None
+) -> Storage:
+    """The storage at ``url``: a local path or ``file://`` (LocalStorage), ``memory://``
+    (FsspecStorage), ``s3://bucket[/prefix]`` (S3Storage; ``endpoint``/``profile``/``region``
+    override the standard AWS chain), ``ssh://[user@]host[:port]/path`` (SftpStorage;
+    ~/.ssh/config aliases, known_hosts and the agent apply). Nothing connects until the
+    first operation. Raise UserError for a malformed or unsupported URL."""
+    if "://" not in url:
+        return LocalStorage(os.path.expanduser(url))
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return LocalStorage(os.path.expanduser(unquote(parts.netloc + parts.path)))
+    if scheme == "s3":
+        if not parts.netloc:
+            raise UserError(f"{url}: an s3 URL needs a bucket: s3://BUCKET[/PREFIX]")
+        from .storage_s3 import S3Storage  # deferred: aiobotocore costs ~200 ms to import
 
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
+        return S3Storage(
+            parts.netloc, parts.path.strip("/"), endpoint=endpoint, profile=profile, region=region
+        )
+    if scheme in ("ssh", "sftp"):
+        if not parts.hostname or not parts.path.startswith("/"):
+            raise UserError(f"{url}: an ssh URL is ssh://[USER@]HOST[:PORT]/ABSOLUTE/PATH")
+        from .storage_sftp import SftpStorage
 
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
-
-
-class LocalStorage:
-    """A directory on a local filesystem. Temporary files live in ``<root>/tmp``."""
-
-    def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-        self.capabilities = Capabilities(local_root=self.root)
-        self._tmp = os.path.join(self.root, "tmp")
-
-    def _abs(self, path: str) -> str:
-        return os.path.join(self.root, path)
-
-    def _tmpname(self) -> str:
-        os.makedirs(self._tmp, exist_ok=True)
-        return os.path.join(self._tmp, f"put-{uuid.uuid4().hex}")
-
-    def _publish(self, tmp: str, final: str) -> bool:
-        """Hard-link ``tmp`` to ``final`` (no clobber), then drop ``tmp``."""
-        crashpoint("tmp")
         try:
-            self._link(tmp, final)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-
-    async def exists(self, paths: Sequence[str]) -> list[bool]:
-        return [os.path.lexists(self._abs(p)) for p in paths]
-
-    async def put(self, path: str, data: bytes) -> bool:
-        final = self._abs(path)
-        if os.path.lexists(final):
-            return False
-        tmp = self._tmpname()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
-        return self._publish(tmp, final)
-
-    async def put_file(self, path: str, src: str, *, consume: bool) -> bool:
-        final = self._abs(path)
-        mode = 0o555 if os.stat(src).st_mode & 0o100 else 0o444
-        if consume:
-            # The source is complete and ours to take: publish it by hard link (no clobber),
-            # no temp copy. This is what makes ingesting 10,000 outputs cheap.
-            os.chmod(src, mode)
-            try:
-                self._link(src, final)
-            except FileExistsError:
-                return False
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-            else:
-                os.unlink(src)
-                crashpoint("blob")
-                return True
-        if os.path.lexists(final):
-            return False
-        tmp = self._tmpname()
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, mode)
-        return self._publish(tmp, final)
-
-    @staticmethod
-    def _link(src: str, final: str) -> None:
+            port = parts.port
+        except ValueError:
+            raise UserError(f"{url}: bad port") from None
+        return SftpStorage(parts.hostname, unquote(parts.path), user=parts.username, port=port)
+    if scheme == "memory":
         try:
-            os.link(src, final)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.link(src, final)
-
-    async def get(self, path: str) -> bytes:
-        try:
-            with open(self._abs(path), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise ObjectNotFound(path) from None
-
-    async def get_file(self, path: str, dest: str) -> None:
-        try:
-            shutil.copyfile(self._abs(path), dest)  # never a link: no inode leaves the store
-        except FileNotFoundError:
-            if not os.path.exists(self._abs(path)):
-                raise ObjectNotFound(path) from None
-            raise
-
-    async def list(self, prefix: str) -> list[str]:
-        base = self._abs(prefix)
-        out: list[str] = []
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self.root)
-            out.extend(f"{rel}/{f}" if rel != "." else f for f in files)
-        return out
-
-    async def delete(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._abs(path))
-
-    async def sync(self) -> None:
-        _syncfs(self.root)
-
-
-class FsspecStorage:
-    """Any fsspec filesystem under a root path. Sync fsspec calls run in a worker thread.
-
-    Write-once is check-then-write: safe for a single writer per path, which content
-    addressing gives for blobs; the lease protocol (a later format) covers realisations.
-    """
-
-    def __init__(self, fs: Any, root: str) -> None:
-        self.fs = fs
-        self.root = root.rstrip("/")
-        self.capabilities = Capabilities()
-
-    def _abs(self, path: str) -> str:
-        return f"{self.root}/{path}"
-
-    async def exists(self, paths: Sequence[str]) -> list[bool]:
-        return await _in_thread(lambda: [self.fs.exists(self._abs(p)) for p in paths])
-
-    async def put(self, path: str, data: bytes) -> bool:
-        def work() -> bool:
-            full = self._abs(path)
-            if self.fs.exists(full):
-                return False
-            self.fs.makedirs(self.fs._parent(full), exist_ok=True)
-            self.fs.pipe_file(full, data)
-            return True
-
-        return await _in_thread(work)
-
-    async def put_file(self, path: str, src: str, *, consume: bool) -> bool:
-        def work() -> bool:
-            full = self._abs(path)
-            if self.fs.exists(full):
-                return False
-            self.fs.makedirs(self.fs._parent(full), exist_ok=True)
-            self.fs.put_file(src, full)
-            return True
-
-        return await _in_thread(work)
-
-    async def get(self, path: str) -> bytes:
-        try:
-            return await _in_thread(self.fs.cat_file, self._abs(path))
-        except FileNotFoundError:
-            raise ObjectNotFound(path) from None
-
-    async def get_file(self, path: str, dest: str) -> None:
-        try:
-            await _in_thread(self.fs.get_file, self._abs(path), dest)
-        except FileNotFoundError:
-            raise ObjectNotFound(path) from None
-
-    async def list(self, prefix: str) -> list[str]:
-        def work() -> list[str]:
-            base = self._abs(prefix)
-            if not self.fs.exists(base):
-                return []
-            n = len(self.root.lstrip("/")) + 1
-            return [p.lstrip("/")[n:] for p in self.fs.find(base)]
-
-        return await _in_thread(work)
-
-    async def delete(self, path: str) -> None:
-        def work() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self._abs(path))
-
-        await _in_thread(work)
-
-    async def sync(self) -> None:
-        return None
-
-
-def open_storage(location: str) -> Storage:
-    """A storage for a local path or an fsspec URL (``memory://x``, ``s3://bucket/prefix``)."""
-    if "://" not in location or location.startswith("file://"):
-        path = location.removeprefix("file://")
-        return LocalStorage(os.path.expanduser(path))
-    try:
-        import fsspec  # deferred: costs ~100 ms to import, and only remote stores need it
-    except ImportError as e:  # pragma: no cover - fsspec is a dependency
-        raise StoreError(f"cannot open {location}: {e}") from e
-    fs, root = fsspec.core.url_to_fs(location)
-    return FsspecStorage(fs, root)
+            import fsspec  # deferred: costs ~100 ms to import, and only memory:// needs it here
+        except ImportError as e:  # pragma: no cover - fsspec is a dependency
+            raise StoreError(f"cannot open {url}: {e}") from e
+        fs, root = fsspec.core.url_to_fs(url)
+        return FsspecStorage(fs, root, url=url)
+    raise UserError(
+        f"{url}: unsupported store URL scheme {scheme!r} (use a path, s3://, ssh:// or memory://)"
+    )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import moto_s3, seaweed_s3, sshd  # noqa: F401  (session fixtures: real servers)
 
 BIN = os.path.dirname(sys.executable)
 QWEX = os.path.join(BIN, "qwex")
