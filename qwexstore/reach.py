@@ -2,7 +2,8 @@
 
 Edges (every one a MUST-exist reference, W3/W5 in spec/store.md)::
 
-    realisation -> manifest, run
+    realisation -> manifest, run, its signatures (found by listing signatures/<h2>/<key hex>/)
+    signature   -> nothing (it names its realisation's key and manifest, checked on read)
     run         -> derivation, stdout blob, stderr blob, manifest (if any)
     derivation  -> snapshot (if a source), input blobs (blob:), input manifests (tree:),
                    upstream derivations (drv:, unresolved records only)
@@ -13,15 +14,18 @@ Edges (every one a MUST-exist reference, W3/W5 in spec/store.md)::
 A derivation record's informational ``upstreams`` keys are not edges: their realisations
 are roots of their own, or gone. The derivation -> snapshot edge is *weak* for repair
 (:meth:`Graph.dependents`): a result whose outputs are intact survives the loss of its
-source snapshot (spec/gc.md, "Verifying"). :func:`walk` reads every record it reaches through the
-store's verifying getters, so a record that is corrupt, unreadable or missing becomes a
-:class:`Problem` instead of an exception. Blobs are leaves and are not read here (verify
-hashes them; gc only needs their names). :func:`remove` deletes in the reverse of the
-write order, index entries first.
+source snapshot (spec/gc.md, "Verifying"). So is realisation -> signature: a bad signature
+is removed alone, and a signature whose realisation is gone is garbage. :func:`walk` reads
+every record it reaches through the store's verifying getters, so a record that is
+corrupt, unreadable or missing becomes a :class:`Problem` instead of an exception. Blobs
+are leaves and are not read here (verify hashes them; gc only needs their names).
+:func:`remove` deletes in the reverse of the write order, index entries first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterable
 from typing import Final, Literal, NamedTuple
 
@@ -48,27 +52,31 @@ __all__ = [
     "walk",
 ]
 
-Kind = Literal["pin", "realisation", "run", "derivation", "snapshot", "manifest", "blob"]
+Kind = Literal["pin", "realisation", "signature", "run", "derivation", "snapshot", "manifest", "blob"]
 State = Literal["missing", "corrupt", "unreadable", "stray", "stale"]
 
 #: Store prefix of each kind.
 PREFIX: Final[dict[Kind, str]] = {
     "pin": "pins",
     "realisation": "realisations",
+    "signature": "signatures",
     "run": "runs",
     "derivation": "derivations",
     "snapshot": "snapshots",
     "manifest": "manifests",
     "blob": "blobs",
 }
-#: The reverse of the write order: what names others goes before what it names.
+#: The reverse of the write order: what names others goes before what it names. A
+#: realisation goes before its signatures (a transfer writes them before it), so a reader
+#: never meets a realisation whose signatures were deleted.
 DELETE_ORDER: Final[tuple[Kind, ...]] = (
-    "pin", "realisation", "run", "derivation", "snapshot", "manifest", "blob",
+    "pin", "realisation", "signature", "run", "derivation", "snapshot", "manifest", "blob",
 )
 
 
 class Ref(NamedTuple):
-    """One store object: its kind and its id (a digest, or a run id for runs)."""
+    """One store object: its kind and its id (a digest; a run id for runs; for a
+    signature ``<key digest>/<signer id>``)."""
 
     kind: Kind
     id: str
@@ -77,6 +85,9 @@ class Ref(NamedTuple):
     def path(self) -> str:
         if self.kind == "run":
             return Store.run_path(self.id)
+        if self.kind == "signature":
+            key, _, sid = self.id.partition("/")
+            return Store.signature_path(key, sid)
         h = self.id.removeprefix("blake3:")
         return f"{PREFIX[self.kind]}/{h[:2]}/{h}"
 
@@ -101,8 +112,17 @@ def _ref_of(kind: Kind, path: str) -> Ref | None:
     if kind == "run":
         ok = path == f"runs/{name}" and _valid_run_id(name)
         return Ref("run", name) if ok else None
+    if kind == "signature":
+        parts = path.split("/")
+        if len(parts) != 4 or not _SIGNER_ID.fullmatch(parts[3]):
+            return None
+        sref = Ref("signature", f"blake3:{parts[2]}/{parts[3]}")
+        return sref if is_digest(sref.id.partition("/")[0]) and sref.path == path else None
     ref = Ref(kind, f"blake3:{name}")
     return ref if is_digest(ref.id) and ref.path == path else None
+
+
+_SIGNER_ID: Final = re.compile(r"[0-9a-f]{32}")
 
 
 def _valid_run_id(run_id: str) -> bool:
@@ -123,6 +143,14 @@ async def list_objects(store: Store, kinds: Iterable[Kind] = DELETE_ORDER) -> tu
             else:
                 refs.append(ref)
     return refs, strays
+
+
+#: Edges a repair does not follow back: losing the target does not doom the source.
+_WEAK: Final = {("derivation", "snapshot"), ("realisation", "signature")}
+
+
+class _BadSignature(StoreError):
+    """A well-formed signature object that does not verify, or signs another manifest."""
 
 
 class Graph:
@@ -157,7 +185,7 @@ class Graph:
         while todo:
             ref = todo.pop()
             for src in back.get(ref, ()):
-                if src.kind == "derivation" and ref.kind == "snapshot":
+                if (src.kind, ref.kind) in _WEAK:
                     continue
                 if src not in out:
                     out.add(src)
@@ -175,7 +203,25 @@ async def _children(store: Store, ref: Ref) -> tuple[Ref, ...]:
                 raise ObjectNotFound(path)
             if not _valid_run_id(real.run_id):
                 raise StoreError(f"unreadable object {path}: invalid run id {real.run_id!r}")
-            return (Ref("manifest", real.manifest), Ref("run", real.run_id))
+            with contextlib.suppress(ObjectNotFound):  # a missing run is reported as the run's
+                await store.get_run_of(real)  # it must agree with the realisation (R8)
+            sigs = [_ref_of("signature", p) for p in await store.storage.list(Store.signature_prefix(ref.id))]
+            return (Ref("manifest", real.manifest), Ref("run", real.run_id),
+                    *sorted(s for s in sigs if s is not None))
+        case "signature":
+            from .signing import verifies  # imports cryptography only when a signature exists
+
+            sig = await store.get_signature(path)
+            if not verifies(sig):
+                raise _BadSignature(f"bad signature {path}: it does not verify under its signer's key")
+            try:
+                real = await store.get_realisation(sig.key)
+            except StoreError:  # the realisation's own problem, reported on its own
+                real = None
+            if real is not None and real.manifest != sig.manifest:
+                raise _BadSignature(f"stale signature {path}: it signs manifest {sig.manifest}, "
+                                    f"the realisation names {real.manifest}")
+            return ()
         case "run":
             run = await store.get_run(ref.id)
             if run.run_id != ref.id:
@@ -226,6 +272,8 @@ async def walk(store: Store, roots: Iterable[Ref], graph: Graph | None = None) -
             g.problems[ref] = Problem(ref.path, ref.kind, "missing", ref.id, None, needed_by=by)
         except CorruptObject as e:
             g.problems[ref] = Problem(ref.path, ref.kind, "corrupt", e.expected, e.actual, needed_by=by)
+        except _BadSignature as e:
+            g.problems[ref] = Problem(ref.path, ref.kind, "corrupt", detail=str(e), needed_by=by)
         except StoreError as e:
             g.problems[ref] = Problem(ref.path, ref.kind, "unreadable", detail=str(e), needed_by=by)
         else:

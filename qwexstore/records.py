@@ -10,12 +10,19 @@ Unix epoch (UTC); no floats appear in any stored format.
 - :class:`RunRecord` is written for every execution, whatever its outcome.
 - :class:`Realisation` binds a key to an output manifest. It is written last: its existence
   is what makes a result valid, and it names only objects that already exist.
+- :class:`Signature` is one signer's ed25519 signature of a realisation's key and manifest,
+  a separate write-once object next to it (spec/signatures.md), so that a lab can add its
+  signature to a result it did not build.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import binascii
+import re
+from typing import Annotated, Final, Literal
 
+import blake3
 import msgspec
 
 from . import canonical
@@ -24,12 +31,16 @@ from .digest import Digest, hash_tagged
 from .layers import Layer
 
 __all__ = [
+    "KEY_NAME_RE",
     "DerivationRecord",
     "Realisation",
     "RunRecord",
     "RunStatus",
     "Signature",
     "Snapshot",
+    "decode_sig",
+    "parse_signer",
+    "signer_id",
 ]
 
 RunStatus = Literal["succeeded", "failed", "cancelled"]
@@ -112,18 +123,88 @@ class RunRecord(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.run/1", ta
         return self.finished_ns - self.started_ns
 
 
-class Signature(msgspec.Struct, forbid_unknown_fields=True):
-    """A signature over a realisation's signed fields (format reserved; see spec/store.md)."""
+#: A key name: letters, digits, ``.``, ``_``, ``-``; not starting with a dot or dash (it is a
+#: file name under ``$QWEX_HOME/keys/`` and the part before the colon of a public key).
+KEY_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # use fullmatch
 
-    key_id: str
-    sig: str
+#: Shapes only (length and alphabet); :func:`parse_signer` and :func:`decode_sig` check
+#: that the base64 is canonical.
+_SIGNER = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}:[A-Za-z0-9+/]{43}=\Z"
+_SIG = r"^[A-Za-z0-9+/]{86}==\Z"
 
 
-class Realisation(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.realisation/1", tag_field="format"):
-    """Key -> output manifest. Written only after every object it names exists."""
+class Signature(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.signature/1", tag_field="format"):
+    """``signer``'s ed25519 signature of ``key`` and ``manifest`` (spec/signatures.md).
+
+    Stored at ``signatures/<h2>/<key hex>/<signer id>``. ``signer`` is ``NAME:<base64 of
+    the 32-byte public key>``; ``sig`` the base64 of the 64-byte signature of
+    :func:`qwexstore.signing.signed_bytes`. Decoding checks the shapes; whether the
+    signature verifies, and whether its signer is trusted, is :mod:`qwexstore.signing`'s.
+    """
+
+    key: Digest
+    manifest: Digest
+    signer: Annotated[str, msgspec.Meta(pattern=_SIGNER)]
+    sig: Annotated[str, msgspec.Meta(pattern=_SIG)]
+
+    def signer_id(self) -> str:
+        """The object name of this signature under its key (ValueError if malformed)."""
+        return signer_id(parse_signer(self.signer)[1])
+
+    def validate(self) -> None:
+        """ValueError, naming the field, unless ``signer`` and ``sig`` are canonical base64
+        of a 32-byte key and a 64-byte signature (decoding checks only their shapes)."""
+        try:
+            parse_signer(self.signer)
+        except ValueError as e:
+            raise ValueError(f"signer: {e}") from None
+        try:
+            decode_sig(self.sig)
+        except ValueError as e:
+            raise ValueError(f"sig: {e}") from None
+
+
+def _b64(text: str, size: int, what: str) -> bytes:
+    """Decode canonical base64 of exactly ``size`` bytes; ValueError otherwise."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"{what} is not base64") from None
+    if len(raw) != size:
+        raise ValueError(f"{what} is {len(raw)} bytes, not {size}")
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise ValueError(f"{what} is not in canonical base64 (padding bits set)")
+    return raw
+
+
+def parse_signer(text: str, what: str = "the public key") -> tuple[str, bytes]:
+    """``NAME:<base64>`` -> (name, raw 32 bytes); ValueError saying what is wrong."""
+    name, colon, b64 = text.partition(":")
+    if not colon:
+        raise ValueError("missing ':' between the name and the base64 key")
+    if not KEY_NAME_RE.fullmatch(name):
+        raise ValueError(f"bad key name {name!r} (letters, digits, '.', '_', '-'; at most 64)")
+    return name, _b64(b64, 32, what)
+
+
+def decode_sig(text: str) -> bytes:
+    """The raw 64-byte signature of a ``sig`` field; ValueError if malformed."""
+    return _b64(text, 64, "the signature")
+
+
+def signer_id(raw: bytes) -> str:
+    """A signer's id: the first 32 hex digits of blake3 of its raw public key."""
+    return blake3.blake3(raw).hexdigest()[:32]
+
+
+class Realisation(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.realisation/2", tag_field="format"):
+    """Key -> output manifest. Written only after every object it names exists.
+
+    Version 2 dropped version 1's (always empty) ``signatures`` list: signatures are
+    separate objects (:class:`Signature`), so one can be added after the fact.
+    """
 
     key: Digest
     manifest: Digest
     run_id: str
     created_ns: int
-    signatures: list[Signature] = msgspec.field(default_factory=list)

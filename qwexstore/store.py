@@ -1,15 +1,19 @@
 """The store: a self-describing tree of objects on any :class:`Storage` (spec/store.md).
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    qwex-store.json                 {"format": "qwex-store", "version": 1}
+    qwex-store.json                 {"format": "qwex-store", "version": 2}
     blobs/<h2>/<hex>                raw content: output files, inputs, logs, source bundles
     manifests/<h2>/<hex>            canonical manifest bytes
     snapshots/<h2>/<hex>            canonical snapshot bytes
     derivations/<h2>/<hex>          derivation records (the hash is over the derivation)
     runs/<run-id>                   run records, one per execution
     realisations/<h2>/<key-hex>     realisations: key -> output manifest
+    signatures/<h2>/<key-hex>/<id>  signatures of a realisation, one per signer (write-once;
+                                    <id>: 32 hex digits of blake3 of the public key)
     pins/<h2>/<key-hex>             pins: gc roots that ``--older-than`` never drops (pins.py)
+    leases/<h2>/<key-hex>           mutable lease refs (spec/locks.md; Storage.ref_* only)
+    refs/                           reserved for other mutable refs
     tmp/                            scratch (temporary files, work dirs); never read
 
 ``<h2>`` is the first two hex digits. Every name is derivable from a digest or run id, so
@@ -17,7 +21,9 @@ the layout is listable by prefix and needs no server-side index.
 
 Write order (MUST): blobs, then manifests and snapshots, then the derivation record and
 run record, then the realisation; each stage is durable (``Storage.sync``) before the next
-starts. Readers verify content against names (:class:`CorruptObject`).
+starts. Signatures SHOULD precede the realisation they sign (a reader then never meets
+it unsigned) and MAY be added at any time after it. Everything outside ``leases/`` and
+``refs/`` is write-once. Readers verify content against names (:class:`CorruptObject`).
 """
 
 from __future__ import annotations
@@ -35,17 +41,17 @@ import msgspec
 from . import blobcopy, canonical
 from .derivation import derivation_hash
 from .digest import hash_bytes, hash_tagged, hex_of
-from .errors import CorruptObject, ObjectNotFound, StoreError
+from .errors import CorruptObject, ObjectNotFound, StoreError, UserError
 from .faults import crashpoint
 from .manifest import Manifest
-from .records import DerivationRecord, Realisation, RunRecord, Snapshot
+from .records import DerivationRecord, Realisation, RunRecord, Signature, Snapshot
 from .storage import LocalStorage, Storage, open_storage
 
-__all__ = ["STORE_VERSION", "BlobTarget", "Store", "open_store"]
+__all__ = ["STORE_VERSION", "BlobTarget", "Store", "open_store", "open_store_on"]
 
 T = TypeVar("T")
 
-STORE_VERSION: Final = 1
+STORE_VERSION: Final = 2
 _VERSION_FILE: Final = "qwex-store.json"
 
 #: Worker threads that copy blobs out of a local store (see materialize_blobs).
@@ -103,6 +109,16 @@ class Store:
     @staticmethod
     def realisation_path(key: str) -> str:
         return _fan("realisations", key)
+
+    @staticmethod
+    def signature_prefix(key: str) -> str:
+        """The directory holding every signature of ``key``'s realisation."""
+        return _fan("signatures", key)
+
+    @staticmethod
+    def signature_path(key: str, signer_id: str) -> str:
+        """Where ``signer_id``'s signature of ``key``'s realisation lives."""
+        return f"{_fan('signatures', key)}/{signer_id}"
 
     @staticmethod
     def run_path(run_id: str) -> str:
@@ -267,11 +283,42 @@ class Store:
         path = self.run_path(run_id)
         return _decode(path, await self.storage.get(path), RunRecord)
 
+    async def get_run_of(self, real: Realisation) -> RunRecord:
+        """The run record ``real`` names, checked to agree with it (spec/store.md R8): the
+        same key and output manifest, and a successful run. A signature covers only the key
+        and the manifest, so a run record (which checkout, show and log read) is trusted
+        only through this agreement; StoreError if it does not hold."""
+        run = await self.get_run(real.run_id)
+        if run.key != real.key or run.manifest != real.manifest or run.status != "succeeded":
+            raise StoreError(
+                f"run record {self.run_path(real.run_id)} does not match the realisation of {real.key} "
+                f"(it records key {run.key}, manifest {run.manifest}, {run.status})"
+            )
+        return run
+
     async def put_realisation(self, real: Realisation) -> bool:
         """Write a realisation. The caller MUST have made everything it names durable."""
         written = await self.storage.put(self.realisation_path(real.key), canonical.encode(real))
         crashpoint("realisation")
         return written
+
+    async def put_signature(self, sig: Signature) -> bool:
+        """Write a signature at its path (write-once; False if one is there already).
+        ValueError if ``sig.signer`` is malformed (its id names the object)."""
+        return await self.storage.put(self.signature_path(sig.key, sig.signer_id()), canonical.encode(sig))
+
+    async def get_signature(self, path: str) -> Signature:
+        """The signature object at ``path``, decoded only: StoreError if it does not
+        decode or does not belong at ``path``. Verifying it is qwexstore.signing's."""
+        sig = _decode(path, await self.storage.get(path), Signature)
+        try:
+            sig.validate()
+        except ValueError as e:
+            raise StoreError(f"unreadable object {path}: {e}") from None
+        at = self.signature_path(sig.key, sig.signer_id())
+        if at != path:
+            raise StoreError(f"unreadable object {path}: it belongs at {at}")
+        return sig
 
     async def get_realisation(self, key: str) -> Realisation | None:
         path = self.realisation_path(key)
@@ -293,25 +340,37 @@ def _decode(path: str, data: bytes, typ: type[T]) -> T:
 
 
 async def open_store(location: str, *, create: bool = True) -> Store:
-    """Open (and with ``create``, initialise) the store at a path or fsspec URL.
+    """Open (and with ``create``, initialise) the store at a path or URL (:func:`open_storage`).
 
     Raises StoreError if the location holds a store of an unknown format or version.
     """
-    storage = open_storage(location)
+    return await open_store_on(open_storage(location), location, create=create)
+
+
+async def open_store_on(storage: Storage, location: str, *, create: bool) -> Store:
+    """:func:`open_store` on an opened storage (a remote's, with its endpoint and profile).
+
+    Without ``create``, a location holding no store is the UserError "no qwex store at X"
+    (a typo in a URL is the usual cause); with it, an empty store is initialised there.
+    Raises StoreError for a store of another format or version.
+    """
     if isinstance(storage, LocalStorage) and create:
         os.makedirs(storage.root, exist_ok=True)
     try:
         info = canonical.decode(await storage.get(_VERSION_FILE), _StoreInfo)
     except ObjectNotFound:
         if not create:
-            raise StoreError(f"no qwex store at {location}") from None
+            raise UserError(f"no qwex store at {location}") from None
         info = _StoreInfo(format="qwex-store", version=STORE_VERSION)
         await storage.put(_VERSION_FILE, canonical.encode(info))
     except (msgspec.ValidationError, msgspec.DecodeError):
         raise StoreError(f"{location}/{_VERSION_FILE} is not a qwex store version file") from None
     if info.format != "qwex-store" or info.version != STORE_VERSION:
+        hint = ""
+        if info.format == "qwex-store" and info.version == 1:
+            hint = " (version 2 moved signatures out of realisations; build into a new store)"
         raise StoreError(
             f"{location} is a {info.format} store of version {info.version}; "
-            f"this qwex reads version {STORE_VERSION}"
+            f"this qwex reads version {STORE_VERSION}{hint}"
         )
     return Store(storage, location)

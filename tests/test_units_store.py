@@ -16,10 +16,10 @@ import pytest
 from qwexstore import canonical
 from qwexstore.derivation import BlobInput, Derivation, DrvInput, Env, TreeInput, derivation_hash
 from qwexstore.digest import hash_bytes, hash_tagged, hex_of
-from qwexstore.errors import CorruptObject, ObjectNotFound, StoreError
+from qwexstore.errors import CorruptObject, ObjectNotFound, StoreError, UserError
 from qwexstore.layers import KueueIdentity, LocalLayer, SingularityIdentity, SingularityLayer, SlurmLayer
 from qwexstore.manifest import FileEntry, Manifest, SymlinkEntry
-from qwexstore.records import DerivationRecord, Realisation, RunRecord, Signature, Snapshot, SourceRef
+from qwexstore.records import DerivationRecord, Realisation, RunRecord, Snapshot, SourceRef
 from qwexstore.storage import FsspecStorage, LocalStorage
 from qwexstore.store import STORE_VERSION, Store, open_store
 
@@ -173,9 +173,7 @@ def test_run_round_trip(any_store: Store) -> None:
 
 
 def test_realisation_round_trip(any_store: Store) -> None:
-    real = Realisation(
-        key=D1, manifest=D2, run_id="r1", created_ns=5, signatures=[Signature(key_id="k", sig="s")]
-    )
+    real = Realisation(key=D1, manifest=D2, run_id="r1", created_ns=5)
     assert run(any_store.put_realisation(real)) is True
     assert run(any_store.get_realisation(D1)) == real
     again = msgspec.structs.replace(real, manifest=D1, run_id="r2")
@@ -321,7 +319,7 @@ def test_open_store_creates_version_file(tmp_path: Path) -> None:
     assert st.local_root == str(root)
     data = (root / "qwex-store.json").read_bytes()
     assert json.loads(data) == {"format": "qwex-store", "version": STORE_VERSION}
-    assert data == b'{"format":"qwex-store","version":1}'
+    assert data == b'{"format":"qwex-store","version":2}'
     # reopening, with or without create, works and does not rewrite it
     run(open_store(str(root)))
     run(open_store(str(root), create=False))
@@ -339,7 +337,8 @@ def test_open_store_memory() -> None:
 @pytest.mark.parametrize(
     "content",
     [
-        b'{"format":"qwex-store","version":2}',
+        b'{"format":"qwex-store","version":1}',
+        b'{"format":"qwex-store","version":3}',
         b'{"format":"qwex-store","version":0}',
         b'{"format":"other-store","version":1}',
         b'{"format":"qwex-store"}',
@@ -359,20 +358,29 @@ def test_open_store_refuses_other_versions(tmp_path: Path, content: bytes, creat
     assert (root / "qwex-store.json").read_bytes() == content  # never "repaired"
 
 
+def test_a_version_1_store_is_refused_in_one_line_naming_both_versions(tmp_path: Path) -> None:
+    (tmp_path / "qwex-store.json").write_bytes(b'{"format":"qwex-store","version":1}')
+    with pytest.raises(StoreError) as ei:
+        run(open_store(str(tmp_path)))
+    msg = str(ei.value)
+    assert "\n" not in msg and "version 1" in msg and f"reads version {STORE_VERSION}" in msg
+    assert STORE_VERSION == 2
+
+
 def test_open_store_no_create_on_empty_dir(tmp_path: Path) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(UserError, match="no qwex store at"):  # a typo in a path or URL
         run(open_store(str(tmp_path), create=False))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_open_store_no_create_on_missing_dir(tmp_path: Path) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(UserError, match="no qwex store at"):
         run(open_store(str(tmp_path / "absent"), create=False))
     assert not (tmp_path / "absent").exists()
 
 
 def test_open_store_no_create_memory() -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(UserError, match="no qwex store at"):
         run(open_store(f"memory://absent-{uuid.uuid4().hex}", create=False))
 
 

@@ -42,9 +42,11 @@ from qwexstore.errors import DrvFileError, QwexError
 from qwexstore.globs import Selector
 from qwexstore.image import image_id
 from qwexstore.index import IndexedRealisation, RunSummary, StatEntry
+from qwexstore.keys import SecretKey
 from qwexstore.manifest import Entry, Manifest
-from qwexstore.records import DerivationRecord, Realisation, RunRecord, Snapshot
+from qwexstore.records import DerivationRecord, Realisation, RunRecord, Signature, Snapshot
 from qwexstore.schema import FormatError
+from qwexstore.signing import make_signature, signed_bytes, verifies
 from qwexstore.snapshot import _header as bundle_header
 from qwexstore.source import Repo, SourceTree
 from qwexstore.store import Store, open_store
@@ -65,6 +67,7 @@ _DECODE_TYPES: dict[str, type] = {
     "DerivationRecord": DerivationRecord,
     "RunRecord": RunRecord,
     "Realisation": Realisation,
+    "Signature": Signature,
 }
 
 
@@ -113,7 +116,7 @@ def b3sum(data: bytes) -> str:
 def decode_checked(type_name: str, data: bytes) -> Any:
     """Decode as a reader does: the declared type, then the semantic checks of that type."""
     value: Any = canonical.decode(data, _DECODE_TYPES[type_name])
-    if isinstance(value, Manifest):
+    if isinstance(value, Manifest | Signature):
         value.validate()
     return value
 
@@ -280,7 +283,10 @@ def h_store_path(vec: Vector, path: Path, tmp: Path) -> None:
         "run": Store.run_path,
     }
     for case in vec["cases"]:
-        case["path"] = fns[case["object"]](case["id"])
+        if case["object"] == "signature":
+            case["path"] = Store.signature_path(case["id"], case["signer_id"])
+        else:
+            case["path"] = fns[case["object"]](case["id"])
 
 
 def h_store_version(vec: Vector, path: Path, tmp: Path) -> None:
@@ -345,6 +351,47 @@ def h_index_value(vec: Vector, path: Path, tmp: Path) -> None:
         case["msgpack_hex"] = data.hex()
 
 
+def h_ed25519(vec: Vector, path: Path, tmp: Path) -> None:
+    """The signature primitive against RFC 8032's own test vector (expected values are the
+    RFC's, so acceptance must leave them unchanged)."""
+    secret = SecretKey("rfc", bytes.fromhex(vec["seed_hex"]))
+    msg = bytes.fromhex(vec["message_hex"])
+    # Compared even under QWEX_TEST_ACCEPT: these values are the RFC's, not ours.
+    assert secret.public().raw.hex() == vec["public_hex"]
+    assert secret.sign(msg).hex() == vec["signature_hex"]
+    assert secret.public().verify(msg, bytes.fromhex(vec["signature_hex"]))
+
+
+def h_signature(vec: Vector, path: Path, tmp: Path) -> None:
+    secret = SecretKey(vec["name"], bytes.fromhex(vec["seed_hex"]))
+    pub = secret.public()
+    vec["public"] = pub.text()
+    vec["signer_id"] = pub.id
+    for case in vec["cases"]:
+        msg = signed_bytes(case["key"], case["manifest"])
+        case["signed_bytes_hex"] = msg.hex()
+        case["signed_bytes_text"] = msg.decode("utf-8").replace("\0", "\\0")
+        sig = make_signature(secret, case["key"], case["manifest"])
+        assert verifies(sig) and make_signature(secret, case["key"], case["manifest"]) == sig
+        case["record"] = msgspec.to_builtins(sig)
+        case["canonical"] = roundtrip(sig, Signature).decode("utf-8")
+        case["path"] = Store.signature_path(sig.key, sig.signer_id())
+        tampered = []
+        other = "blake3:" + "ab" * 32
+        for field, value in (("key", other), ("manifest", other), ("sig", _flip_b64(sig.sig))):
+            bad = msgspec.structs.replace(sig, **{field: value})
+            assert not verifies(bad), f"a signature with another {field} verifies"
+            tampered.append({"field": field, "record": msgspec.to_builtins(bad), "verifies": False})
+        case["tampered"] = tampered
+
+
+def _flip_b64(text: str) -> str:
+    """``text`` with one bit of its first byte flipped (the lowest bit of the first base64
+    character's value)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return alphabet[alphabet.index(text[0]) ^ 1] + text[1:]
+
+
 HANDLERS: dict[str, Handler] = {
     "raw-digest": h_raw_digest,
     "tagged-digest": h_tagged_digest,
@@ -363,6 +410,8 @@ HANDLERS: dict[str, Handler] = {
     "globs": h_globs,
     "image-id": h_image_id,
     "index-value": h_index_value,
+    "ed25519": h_ed25519,
+    "signature": h_signature,
 }
 
 

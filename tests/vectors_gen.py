@@ -759,21 +759,24 @@ FILES["records/run-cancelled.json"] = {
 FILES["records/realisation.json"] = {
     "kind": "record",
     "type": "Realisation",
-    "description": "Stored at realisations/<h2>/<key hex>; signatures reserved (empty).",
+    "description": "Stored at realisations/<h2>/<key hex>. Version 2: no signatures field "
+    "(signatures are separate objects, signature/).",
     "input": {
-        "format": "qwex.realisation/1",
+        "format": "qwex.realisation/2",
         "key": d(14),
         "manifest": d(2),
         "run_id": "20250301T101530123456Z-9f3a",
         "created_ns": 1740824191000000000,
-        "signatures": [],
     },
 }
 _REAL = FILES["records/realisation.json"]["input"]
 FILES["records/bad-realisation-version.json"] = bad(
     "Realisation",
-    "An unknown format version is refused, never guessed at.",
-    {**_REAL, "format": "qwex.realisation/2"},
+    "A version 1 realisation (with its reserved signatures list) is refused, never guessed at.",
+    {**_REAL, "format": "qwex.realisation/1", "signatures": []},
+)
+FILES["records/bad-realisation-unknown-version.json"] = bad(
+    "Realisation", "An unknown format version is refused.", {**_REAL, "format": "qwex.realisation/3"}
 )
 FILES["records/bad-realisation-float-time.json"] = bad(
     "Realisation", "Times are integer nanoseconds.", {**_REAL, "created_ns": 1.7408241910e18}
@@ -785,10 +788,10 @@ FILES["records/bad-realisation-missing-format.json"] = bad(
     error="missing required field 'format'",
     bug="msgspec treats the tag of a lone tagged struct as optional on decode (qwexstore/records.py)",
 )
-FILES["records/bad-realisation-signature.json"] = bad(
+FILES["records/bad-realisation-signatures.json"] = bad(
     "Realisation",
-    "Signatures have exactly key_id and sig.",
-    {**_REAL, "signatures": [{"key_id": "k", "sig": "s", "alg": "ed25519"}]},
+    "Version 2 has no signatures field: signatures are separate objects.",
+    {**_REAL, "signatures": []},
 )
 FILES["records/bad-run-status.json"] = bad(
     "RunRecord", "Statuses: succeeded, failed, cancelled.", {**_RUN, "status": "running"}
@@ -810,7 +813,8 @@ FILES["records/store-paths.json"] = {
         {"object": o, "id": d(n)}
         for n, o in enumerate(["blob", "manifest", "snapshot", "derivation", "realisation"])
     ]
-    + [{"object": "run", "id": "20250301T101530123456Z-9f3a"}],
+    + [{"object": "run", "id": "20250301T101530123456Z-9f3a"}]
+    + [{"object": "signature", "id": d(14), "signer_id": "0123456789abcdef0123456789abcdef"}],
 }
 FILES["records/store-version.json"] = {
     "kind": "store-version",
@@ -818,9 +822,10 @@ FILES["records/store-version.json"] = {
     "cases": [
         {"file": None, "create": True},
         {"file": None, "create": False},
-        {"file": '{"format":"qwex-store","version":1}'},
-        {"file": '{"version": 1, "format": "qwex-store"}\n'},
         {"file": '{"format":"qwex-store","version":2}'},
+        {"file": '{"version": 2, "format": "qwex-store"}\n'},
+        {"file": '{"format":"qwex-store","version":1}'},
+        {"file": '{"format":"qwex-store","version":3}'},
         {"file": '{"format":"restic","version":1}'},
         {"file": '{"format":"qwex-store"}'},
         {"file": "not json"},
@@ -852,6 +857,75 @@ FILES["records/index-values.json"] = {
         {"type": "StatEntry", "value": [2049, 1234567, 42, 1740824130123456789, 1740824130123456789, d(3)]},
     ],
 }
+
+# -- signatures ------------------------------------------------------------------------------------
+#: RFC 8032 section 7.1, TEST 1: secret key (seed) and its public key. The public key and
+#: the signature of the empty message come from the RFC and must survive acceptance.
+_SEED = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+FILES["signature/ed25519-rfc8032.json"] = {
+    "kind": "ed25519",
+    "description": "The ed25519 implementation agrees with RFC 8032 section 7.1 TEST 1 "
+    "(expected values from the RFC).",
+    "seed_hex": _SEED,
+    "public_hex": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    "message_hex": "",
+    "signature_hex": "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e"
+    "39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+}
+FILES["signature/sign.json"] = {
+    "kind": "signature",
+    "description": "A realisation's signature by the key with seed `seed_hex` named `name`: "
+    "signed bytes = qwex:signature:v1 NUL + canonical {key, manifest}; the record, its "
+    "canonical bytes and its path. `tampered`: the record with one field changed MUST NOT verify.",
+    "seed_hex": _SEED,
+    "name": "test-lab",
+    "cases": [
+        {"key": d(14), "manifest": d(2)},
+        {"key": d(2), "manifest": d(14)},
+    ],
+}
+_SIG = {
+    "format": "qwex.signature/1",
+    "key": d(14),
+    "manifest": d(2),
+    "signer": "test-lab:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+    "sig": "A" * 86 + "==",
+}
+FILES["signature/bad-sig-length.json"] = bad(
+    "Signature", "sig is the base64 of exactly 64 bytes.", {**_SIG, "sig": "A" * 84 + "=="}
+)
+FILES["signature/bad-sig-base64.json"] = bad(
+    "Signature", "sig is standard base64 (no URL-safe alphabet).", {**_SIG, "sig": "_" * 86 + "=="}
+)
+FILES["signature/bad-sig-noncanonical.json"] = bad(
+    "Signature",
+    "Base64 MUST be canonical: padding bits set make another text of the same bytes.",
+    {**_SIG, "sig": "A" * 85 + "B=="},
+)
+FILES["signature/bad-signer-no-colon.json"] = bad(
+    "Signature", "signer is NAME:<base64 public key>.", {**_SIG, "signer": "test-lab"}
+)
+FILES["signature/bad-signer-name.json"] = bad(
+    "Signature",
+    "Key names: letters, digits, '.', '_', '-'; no '/', not starting with '.'.",
+    {**_SIG, "signer": "../lab:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="},
+)
+FILES["signature/bad-signer-key-length.json"] = bad(
+    "Signature",
+    "A public key is 32 bytes.",
+    {**_SIG, "signer": "test-lab:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcH"},
+)
+FILES["signature/bad-signer-noncanonical.json"] = bad(
+    "Signature",
+    "Base64 MUST be canonical in the signer too.",
+    {**_SIG, "signer": "test-lab:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURp="},
+)
+FILES["signature/bad-unknown-field.json"] = bad(
+    "Signature", "Unknown fields are refused.", {**_SIG, "alg": "ed25519"}
+)
+FILES["signature/bad-version.json"] = bad(
+    "Signature", "An unknown format version is refused.", {**_SIG, "format": "qwex.signature/2"}
+)
 
 # -- globs and images --------------------------------------------------------------------------------
 _P = [
