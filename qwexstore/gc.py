@@ -27,15 +27,16 @@ from .errors import ObjectNotFound, StoreError, UserError
 from .index import Index, IndexEntries
 from .liveroots import GC_LOCK, ROOTS, GcLock, LiveRoot, scan_roots
 from .pins import pinned
-from .reach import DELETE_ORDER, Ref, list_objects, remove, stale_entries, walk
+from .reach import DELETE_ORDER, Graph, Problem, Ref, list_objects, remove, stale_entries, walk
 from .store import Store
 
-__all__ = ["GcReport", "collect_garbage", "parse_age"]
+__all__ = ["GcReport", "collect_garbage", "needed_damage", "parse_age", "spare_upstreams"]
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE_RE: Final = re.compile(r"^(\d+)([smhdw])$")
-#: Scratch entries that belong to protocols and are never removed (spec/locks.md, gc.md).
-_KEEP: Final = {GC_LOCK, "locks", ROOTS, "runs"}
+#: Scratch entries that belong to protocols and are never removed (spec/locks.md, gc.md);
+#: ``kept/`` holds finished runs' outputs that a failing store could not take (build.py).
+_KEEP: Final = {GC_LOCK, "locks", ROOTS, "runs", "kept"}
 
 
 class GcReport(msgspec.Struct):
@@ -44,7 +45,9 @@ class GcReport(msgspec.Struct):
     ``removed`` counts store objects by kind; ``bytes`` is their total size (None when the
     store is not local and sizes are unknown). ``tmp`` lists scratch entries (relative to
     the scratch directory) of dead builds and crashed writers. ``live`` are the running
-    builds whose objects and work dirs were kept.
+    builds whose objects and work dirs were kept. For a shared store (``gc --remote``):
+    ``leases`` names the keys under a live lease (and their holders), whose derivations'
+    closures were kept; ``young`` counts the unreachable objects kept by the grace window.
     """
 
     dry_run: bool
@@ -55,14 +58,17 @@ class GcReport(msgspec.Struct):
     tmp: list[str]
     tmp_bytes: int
     live: list[LiveRoot]
+    leases: list[str] = msgspec.field(default_factory=list)
+    young: int = 0
 
 
-def parse_age(text: str) -> int:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> nanoseconds. UserError otherwise."""
+def parse_age(text: str, option: str = "--older-than") -> int:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> nanoseconds. UserError (naming
+    ``option``) otherwise."""
     m = _AGE_RE.match(text.strip())
     if m is None:
         raise UserError(
-            f"--older-than: {text!r} is not an age (want a number and a unit s, m, h, d or w, e.g. 30d)"
+            f"{option}: {text!r} is not an age (want a number and a unit s, m, h, d or w, e.g. 30d)"
         )
     return int(m.group(1)) * _UNITS[m.group(2)] * 1_000_000_000
 
@@ -150,17 +156,16 @@ async def collect_garbage(
                                      "run `qwex verify --repair` first") from None
                 if real is not None and real.created_ns < now - older_than_ns:
                     dropped.append(r)
-            dropped = await _spare_upstreams(store, reals, dropped)
+            dropped = await spare_upstreams(store, reals, dropped)
         roots = [r for r in reals if r not in set(dropped)]
         roots += [r for r in refs if r.kind == "pin"]
         roots += [Ref("derivation", lr.drv) for lr in roots_scan.live]
         graph = await walk(store, roots)
-        for p in graph.problems.values():
-            if p.state != "missing":  # a missing object has nothing to keep
-                raise StoreError(
-                    f"gc stopped before deleting anything: {p.state} object {p.path}"
-                    f"{': ' + p.detail if p.detail else ''}; run `qwex verify --repair` first"
-                )
+        if (p := needed_damage(graph)) is not None:
+            raise StoreError(
+                f"gc stopped before deleting anything: {p.state} object {p.path}"
+                f"{': ' + p.detail if p.detail else ''}; run `qwex verify --repair` first"
+            )
         garbage = [r for r in refs if r not in graph.edges]
         kept = set(refs) - set(garbage)
         entries = index.entries()
@@ -175,7 +180,7 @@ async def collect_garbage(
             await remove(store, index, garbage, entries=entries, stale=stale)
             for rel in tmp:  # work dirs before the roots files that named them
                 _rmtree(os.path.join(scratch, rel))
-    removed = {k: sum(1 for r in garbage if r.kind == k) for k in DELETE_ORDER}
+    removed: dict[str, int] = {k: sum(1 for r in garbage if r.kind == k) for k in DELETE_ORDER}
     return GcReport(
         dry_run=dry_run,
         dropped=sorted(r.id for r in dropped),
@@ -188,7 +193,16 @@ async def collect_garbage(
     )
 
 
-async def _spare_upstreams(store: Store, reals: list[Ref], dropped: list[Ref]) -> list[Ref]:
+def needed_damage(graph: Graph) -> Problem | None:
+    """A damaged record the mark needed (G5), if any. Missing objects have nothing to keep;
+    a damaged signature names nothing, so it is garbage like any unreached object."""
+    for p in graph.problems.values():
+        if p.state != "missing" and p.kind != "signature":
+            return p
+    return None
+
+
+async def spare_upstreams(store: Store, reals: list[Ref], dropped: list[Ref]) -> list[Ref]:
     """``dropped`` less every realisation that a kept one was built from, transitively
     (its derivation record's ``upstreams``): a kept result keeps its pipeline cached, so
     building its .drv again runs nothing."""

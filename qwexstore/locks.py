@@ -2,24 +2,38 @@
 
 The lock file is ``<tmp>/locks/<key hex>``; it holds the owner's pid and host for the
 message other builders print while they wait. A lock dies with its process (the kernel
-drops flocks on exit, kill -9 included), so a dead owner never blocks anyone. A later
-format extends this to shared remote stores with a lease object written by conditional
-create; :class:`KeyLock` is the local implementation of that interface.
+drops flocks on exit, kill -9 included), so a dead owner never blocks anyone.
+:class:`KeyLock` is the lock of :class:`~qwexstore.coordinator.FlockCoordinator`; the
+lease coordinator for shared stores (:mod:`.leases`) takes it first, too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
 import socket
 from collections.abc import Callable
 
 from .digest import hex_of
 
-__all__ = ["KeyLock", "flock_wait"]
+__all__ = ["KeyLock", "current_user", "flock_wait", "owner_text"]
 
 #: Seconds between attempts while another process holds the key.
 POLL_S = 0.1
+
+
+def owner_text(pid: int, host: str, user: str) -> str:
+    """How a holder is named in messages: ``pid 123 on gpu01 (alice)``."""
+    return f"pid {pid} on {host} ({user})" if user else f"pid {pid} on {host}"
+
+
+def current_user() -> str:
+    """The login name of this process, or ``""`` when the system cannot tell."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 async def flock_wait(path: str, mode: int, on_busy: Callable[[int], None] | None = None) -> int:
@@ -66,7 +80,7 @@ class KeyLock:
 
         fd = await flock_wait(self.path, fcntl.LOCK_EX, busy)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, f"{owner_text(os.getpid(), socket.gethostname(), current_user())}\n".encode(), 0)
         self._fd = fd
         return self
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from typing import Final
 
 import msgspec
 
-from .digest import hash_bytes, hash_file
+from .digest import hash_file
 from .errors import ObjectNotFound
 from .index import Index, IndexEntries
 from .liveroots import GcLock, scan_roots
@@ -94,21 +95,41 @@ def _hash_local(root: str, refs: list[Ref]) -> tuple[int, dict[Ref, Problem]]:
     return total, problems
 
 
-async def _hash_blobs(store: Store, refs: list[Ref]) -> tuple[int, dict[Ref, Problem]]:
+async def _hash_blobs(store: Store, refs: list[Ref], scratch: str) -> tuple[int, dict[Ref, Problem]]:
     root = store.local_root
     if root is not None:
         return await asyncio.to_thread(_hash_local, root, refs)
+    return await _hash_remote(store, refs, scratch)
+
+
+async def _hash_remote(store: Store, refs: list[Ref], scratch: str) -> tuple[int, dict[Ref, Problem]]:
+    """Hash the blobs of a remote store: each streamed to a temp file in ``scratch``
+    (never whole in memory), hashed and removed; ``capabilities.concurrency`` at a time."""
     problems: dict[Ref, Problem] = {}
     total = 0
-    for r in refs:  # remote stores: one object at a time, in memory
-        try:
-            data = await store.storage.get(r.path)
-        except ObjectNotFound:
-            problems[r] = Problem(r.path, "blob", "missing", r.id)
-            continue
-        total += len(data)
-        if (actual := hash_bytes(data)) != r.id:
-            problems[r] = Problem(r.path, "blob", "corrupt", r.id, actual)
+    sem = asyncio.Semaphore(max(1, store.storage.capabilities.concurrency))
+    os.makedirs(scratch, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=scratch) as tmp:
+
+        async def one(i: int, r: Ref) -> None:
+            nonlocal total
+            dest = os.path.join(tmp, str(i))
+            async with sem:
+                try:
+                    await store.storage.get_file(r.path, dest)
+                except ObjectNotFound:
+                    problems[r] = Problem(r.path, "blob", "missing", r.id)
+                    return
+            try:
+                size = os.path.getsize(dest)
+                actual = await asyncio.to_thread(hash_file, dest, size)
+            finally:
+                os.unlink(dest)
+            total += size
+            if actual != r.id:
+                problems[r] = Problem(r.path, "blob", "corrupt", r.id, actual)
+
+        await asyncio.gather(*(one(i, r) for i, r in enumerate(refs)))
     return total, problems
 
 
@@ -126,7 +147,7 @@ def _stale_problems(stale: IndexEntries) -> list[Problem]:
 
 async def verify(
     store: Store,
-    index: Index,
+    index: Index | None,
     scratch: str,
     *,
     keys: list[str] | None = None,
@@ -139,9 +160,11 @@ async def verify(
     anywhere in the store that names (transitively) a removed or missing one — so
     realisations that depend on them go, store files and index entries alike — plus
     stale index entries. Missing objects cannot be removed; what named them is. The
-    next build of a removed key runs it again. One exception: a source snapshot is
-    removed alone (with its bad bundle), never the derivation records and realisations
-    that name it; those are reported in ``source_missing`` and verify keeps failing.
+    next build of a removed key runs it again. With ``index`` None (a remote store, which
+    no local index describes) index entries are neither checked nor removed. One
+    exception: a source snapshot is removed alone (with its bad bundle), never the
+    derivation records and realisations that name it; those are reported in
+    ``source_missing`` and verify keeps failing.
     """
     t0 = time.monotonic()
     async with GcLock(scratch, exclusive=repair, on_wait=on_wait):
@@ -149,7 +172,7 @@ async def verify(
         roots = refs if keys is None else [Ref("realisation", k) for k in keys]
         graph = await walk(store, roots)
         blobs = sorted(r for r in graph.edges if r.kind == "blob")
-        nbytes, blob_problems = await _hash_blobs(store, blobs)
+        nbytes, blob_problems = await _hash_blobs(store, blobs, scratch)
         for ref, p in blob_problems.items():
             del graph.edges[ref]
             graph.problems[ref] = p
@@ -159,7 +182,7 @@ async def verify(
                 graph.problems[ref] = msgspec.structs.replace(p, needed_by=min(back[ref]).path)
         sourceless = _sourceless(graph)
         stale = IndexEntries(set(), set(), set(), {})
-        if keys is None:
+        if keys is None and index is not None:
             stale = await stale_entries(store, index.entries(), set(refs))
         problems = sorted([*graph.problems.values(), *strays], key=lambda p: p.path) + _stale_problems(stale)
         removed: list[str] = []
@@ -169,11 +192,11 @@ async def verify(
             # What running builds need stays, even if damaged: deleting it under them would
             # leave their records naming missing objects. A later repair removes it.
             live = await walk(store, [Ref("derivation", lr.drv) for lr in scan_roots(scratch).live])
-            before = _count(index.entries())
+            before = 0 if index is None else _count(index.entries())
             removed, in_use = await _repair(
                 store, index, graph, keys is not None, strays, stale, {*live.edges, *live.problems}
             )
-            index_removed = before - _count(index.entries())
+            index_removed = 0 if index is None else before - _count(index.entries())
     objects = len(graph.edges) + len(graph.problems) + len(strays)
     return VerifyReport(
         objects, nbytes, time.monotonic() - t0, problems, removed, index_removed, in_use, sourceless
@@ -202,7 +225,7 @@ def _count(e: IndexEntries) -> int:
 
 
 async def _repair(
-    store: Store, index: Index, graph: Graph, keyed: bool, strays: list[Problem], stale: IndexEntries,
+    store: Store, index: Index | None, graph: Graph, keyed: bool, strays: list[Problem], stale: IndexEntries,
     protected: set[Ref],
 ) -> tuple[list[str], list[str]]:
     """Remove bad objects and their dependents, except ``protected`` ones; return the
@@ -214,5 +237,11 @@ async def _repair(
     doomed = full.dependents(bad) | {r for r, p in graph.problems.items() if p.state != "missing"}
     kept = doomed & protected
     doomed -= kept
-    await remove(store, index, doomed, strays=[p.path for p in strays], entries=index.entries(), stale=stale)
+    if index is None:
+        from .gc_remote import remove_unindexed
+
+        await remove_unindexed(store, doomed, strays=[p.path for p in strays])
+    else:
+        await remove(store, index, doomed, strays=[p.path for p in strays], entries=index.entries(),
+                     stale=stale)
     return sorted([r.path for r in doomed] + [p.path for p in strays]), sorted(r.path for r in kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -36,6 +37,44 @@ async def _open() -> Any:
     return await open_store()
 
 
+#: ``--remote NAME``: check or collect a named remote store instead of the local one.
+Remote = Annotated[
+    str | None,
+    typer.Option("--remote", "-r", metavar="NAME",
+                 help="Work on the remote store NAME (qwex remote list) instead of the local store; "
+                      "the local index is neither read nor changed."),
+]
+
+
+async def _open_remote(name: str) -> Any:
+    """The store of remote ``name`` (UserError if unknown; StoreError if it holds no store)."""
+    from qwexstore.config import load_config
+    from qwexstore.remotes import open_remote, project_root, resolve_remote
+
+    return await open_remote(resolve_remote(load_config(project_root()), name), create=False)
+
+
+def _remote_scratch() -> str:
+    from qwexstore.config import qwex_home
+
+    return os.path.join(qwex_home(), "tmp")
+
+
+async def _remote_keys(store: Any, args: list[str]) -> list[str]:
+    """Full keys for ``args`` (keys or unique prefixes of the remote's realised keys)."""
+    from qwexstore.reach import list_objects
+
+    realised = [r.id for r in (await list_objects(store, ["realisation"]))[0]]
+    out: list[str] = []
+    for arg in args:
+        hits = [k for k in realised if k.startswith(arg) or k.removeprefix("blake3:").startswith(arg)]
+        if len(hits) != 1:
+            n = "no" if not hits else len(hits)
+            raise UserError(f"{arg!r} matches {n} realised keys in the remote store")
+        out.append(hits[0])
+    return out
+
+
 @handles_errors
 def verify(
     keys: Annotated[
@@ -51,6 +90,7 @@ def verify(
                                       "redoes them. A damaged source snapshot goes alone: the results "
                                       "built from it keep their outputs (reported as 'no source')."),
     ] = False,
+    remote: Remote = None,
     json: Json = False,
 ) -> None:
     """Re-hash blobs and re-read records; report each missing or corrupt object.
@@ -64,6 +104,12 @@ def verify(
     from qwexstore.verify import verify as run_verify
 
     async def go() -> VerifyReport:
+        if remote is not None:
+            store = await _open_remote(remote)
+            args = None if keys is None else [k for a in keys for k in a.split(",") if k]
+            wanted = None if args is None else await _remote_keys(store, args)
+            return await run_verify(store, None, _remote_scratch(), keys=wanted, repair=repair,
+                                    on_wait=_waiting("local builds to finish writing"))
         store = await _open()
         with open_index() as index:
             wanted = None
@@ -124,6 +170,13 @@ def gc(
         bool,
         typer.Option("--dry-run", "-n", help="Report what would go and the space freed; delete nothing."),
     ] = False,
+    grace: Annotated[
+        str | None,
+        typer.Option("--grace", metavar="AGE",
+                     help="With --remote: keep unreachable objects younger than AGE (default 1d), so that "
+                          "what in-flight pushes and builds of other machines wrote survives."),
+    ] = None,
+    remote: Remote = None,
     json: Json = False,
 ) -> None:
     """Remove every store object that no realisation, pin or running build reaches.
@@ -133,14 +186,25 @@ def gc(
     have written. Removed: everything else, including the run records and logs
     of failed and cancelled runs, and the work dirs and temp files that killed
     builds left in the store's tmp/. Pinned keys (qwex pin) are never dropped
-    by --older-than.
+    by --older-than. With --remote NAME: a shared store; the keys under live leases
+    (builds on other machines) and objects younger than --grace are kept too.
     """
     from qwexstore.build import scratch_dir
     from qwexstore.gc import GcReport, collect_garbage, parse_age
 
     age = None if older_than is None else parse_age(older_than)
+    if grace is not None and remote is None:
+        raise UserError("--grace applies to a shared store: use it with --remote NAME")
+    grace_ns = parse_age(grace, "--grace") if grace is not None else None
 
     async def go() -> GcReport:
+        if remote is not None:
+            from qwexstore.gc_remote import DEFAULT_GRACE_NS, collect_remote_garbage
+
+            return await collect_remote_garbage(
+                await _open_remote(remote), _remote_scratch(), older_than_ns=age, dry_run=dry_run,
+                grace_ns=DEFAULT_GRACE_NS if grace_ns is None else grace_ns,
+                on_wait=_waiting("local builds to finish writing"))
         store = await _open()
         with open_index() as index:
             return await collect_garbage(store, index, scratch_dir(store), older_than_ns=age, dry_run=dry_run,
@@ -164,6 +228,11 @@ def gc(
               + ", ".join(r.tmp[:5]) + (" ..." if len(r.tmp) > 5 else ""))
     for lr in r.live:
         print(f"kept running build {lr.run_id} (pid {lr.pid} on {lr.host}) and everything it needs")
+    for lease in r.leases:
+        print(f"kept what the build of {lease} needs (live lease)")
+    if r.young:
+        print(f"kept {_n(r.young, 'unreachable object')} younger than {grace or '1d'} "
+              "(grace for in-flight writes)")
     if dry_run:
         print("dry run: nothing was deleted")
 
