@@ -23,7 +23,8 @@ LISTING = 20
 
 
 class BuildResult(msgspec.Struct):
-    """What ``qwex build`` reports: the key, whether it ran, and the outputs."""
+    """What ``qwex build`` reports: the key, whether it ran, and the outputs. ``remote``
+    names the substituter that holds the result when this store does not (yet)."""
 
     key: str
     cached: bool
@@ -32,6 +33,7 @@ class BuildResult(msgspec.Struct):
     files: int
     size: int
     listing: list[tuple[str, int]]
+    remote: str | None = None
 
 
 def lookup(index: Index, key: str, realised: Realised) -> BuildResult | None:
@@ -40,10 +42,17 @@ def lookup(index: Index, key: str, realised: Realised) -> BuildResult | None:
     An index entry whose realisation the store lacks (the store was deleted, or lost the
     object behind the index's back) is a *phantom*: its entry is dropped and the answer
     is a miss, so the build runs instead of reporting outputs that cannot be checked out.
+
+    An entry marked with a substituter (``remote``) is a hit without any check: its
+    realisation lives in that remote store, and a hit makes no network connection; its
+    outputs are fetched when something needs them (spec/remotes.md, "Substitution").
     """
     hit = index.realisation(key)
     if hit is None:
         return None
+    if hit.remote is not None:
+        return BuildResult(key, True, hit.run_id, hit.manifest, hit.files, hit.size, list(hit.listing),
+                           hit.remote)
     if not realised(key):
         with index.writer() as w:
             w.delete_realisation(key)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from .digest import hex_of
 from .errors import StoreError, UserError
 from .globs import Selector
 from .index import Index
@@ -42,13 +43,17 @@ async def resolve_run(store: Store, index: Index, prefix: str) -> RunRecord:
     if kind == "runs":
         return await store.get_run(full)
     real = await store.get_realisation(full)
+    entry = index.realisation(full) if real is None else None
+    if entry is not None and entry.remote is not None:
+        raise UserError(f"{full} was substituted from {entry.remote} and is not in this store yet; "
+                        f"`qwex checkout` or `qwex pull {entry.remote} {hex_of(full)[:12]}` fetches it")
     if real is None:
         runs = index.runs_of(full)
         if runs:
             return await store.get_run(runs[-1][0])
         raise UserError(f"{full} has no realisation in the store: it never built successfully, "
                         "or gc or verify --repair removed it")
-    return await store.get_run(real.run_id)
+    return await store.get_run_of(real)  # agrees with the realisation: key and manifest
 
 
 def _shadowed_by(manifest: Manifest) -> Callable[[str], bool]:

@@ -26,16 +26,40 @@ from .errors import DrvFileError
 from .layers import Layer, layer_fields
 from .schema import FormatError, convert, join_key
 
-__all__ = ["Config", "Runner", "apply_runner", "load_config", "qwex_home"]
+__all__ = ["Config", "Remote", "Runner", "apply_runner", "config_paths", "load_config", "qwex_home"]
 
 
 class Runner(msgspec.Struct, forbid_unknown_fields=True):
     layers: list[Layer] = msgspec.field(default_factory=list)
 
 
-class Config(msgspec.Struct, forbid_unknown_fields=True):
+class Remote(msgspec.Struct, forbid_unknown_fields=True):
+    """A named store another lab (or this lab's cluster) shares (spec/remotes.md).
+
+    ``url``: a directory path, ``s3://bucket/prefix`` or ``ssh://[user@]host[:port]/path``.
+    ``endpoint`` and ``profile`` (S3 only) choose the server and the AWS profile; the
+    credentials themselves come from the standard AWS chain and are never stored here.
+    ``region`` is passed to S3 as is."""
+
+    url: str
+    endpoint: str | None = None
+    profile: str | None = None
+    region: str | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
+    """One config.toml. Keys are kebab-case in the file (``signing-key``)."""
+
     runners: dict[str, Runner] = msgspec.field(default_factory=dict)
     store: str | None = None
+    remotes: dict[str, Remote] = msgspec.field(default_factory=dict)
+    #: Remote names asked, in order, before a missing key is built.
+    substituters: list[str] | None = None
+    #: The name of a key under ``$QWEX_HOME/keys/`` (or a path to a secret key file):
+    #: every realisation built or pushed is signed with it.
+    signing_key: str | None = None
+    #: Public keys, ``NAME:<base64>``, whose signatures make a remote realisation acceptable.
+    trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 
 def qwex_home() -> str:
@@ -88,7 +112,22 @@ def load_config(project_root: str | None) -> Config:
     if project_root is None:
         return user
     proj = _load(os.path.join(project_root, ".qwex", "config.toml"))
-    return Config(runners={**user.runners, **proj.runners}, store=proj.store or user.store)
+    return Config(
+        runners={**user.runners, **proj.runners},
+        store=proj.store or user.store,
+        remotes={**user.remotes, **proj.remotes},
+        substituters=proj.substituters if proj.substituters is not None else user.substituters,
+        signing_key=proj.signing_key or user.signing_key,
+        # Both files' keys are trusted: a project's config is as trusted as its code (which
+        # qwex runs), spec/threat-model.md.
+        trusted_keys=list(dict.fromkeys([*user.trusted_keys, *proj.trusted_keys])),
+    )
+
+
+def config_paths(project_root: str | None) -> tuple[str | None, str]:
+    """The project's config file (None outside a project) and the user's."""
+    proj = None if project_root is None else os.path.join(project_root, ".qwex", "config.toml")
+    return proj, os.path.join(qwex_home(), "config.toml")
 
 
 def runner_file(project_root: str | None, name: str) -> str:

@@ -13,7 +13,12 @@ anything else escaping is a bug.
     │   └── KeyLookupError                  unknown or ambiguous key / run id prefix
     ├── StoreError                 exit 1   the store is unreadable or damaged
     │   ├── ObjectNotFound                  a named object is missing (path)
-    │   └── CorruptObject                   content does not hash to its name (expected, actual)
+    │   ├── CorruptObject                   content does not hash to its name (expected, actual)
+    │   ├── TransientStoreError             the backend failed in a way retrying may fix (network,
+    │   │                                   5xx, throttling); raised after the retries are spent
+    │   ├── UntrustedObject                 a remote record is unsigned, badly signed or signed
+    │   │                                   only by keys not in trusted-keys (path, reason)
+    │   └── LeaseLost                       another machine took this key's lease over (fencing)
     ├── BuildFailed                exit 1   the command exited non-zero (exit_code, run_id)
     ├── BuildCancelled             exit 130 interrupted; the job's process group was stopped
     └── DriverError                exit 1   the execution backend failed (not the command)
@@ -30,12 +35,15 @@ __all__ = [
     "DriverError",
     "DrvFileError",
     "KeyLookupError",
+    "LeaseLost",
     "ObjectNotFound",
     "PermanentDriverError",
     "QwexError",
     "SourceError",
     "StoreError",
     "TransientDriverError",
+    "TransientStoreError",
+    "UntrustedObject",
     "UserError",
 ]
 
@@ -101,6 +109,32 @@ class CorruptObject(StoreError):
         super().__init__(
             f"corrupt object {path}: expected {expected}, got {actual} (run `qwex verify --repair`)"
         )
+
+
+class TransientStoreError(StoreError):
+    """The backend failed in a way that retrying may fix (connection refused or reset,
+    timeouts, HTTP 5xx, throttling). Backends retry with backoff before raising it; a
+    caller may retry the whole operation later (push and pull resume)."""
+
+
+class UntrustedObject(StoreError):
+    """A record from another store is not accepted: unsigned, badly signed, signed only by
+    untrusted keys, or malformed. Nothing is written locally."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"refused {path}: {reason}")
+
+
+class LeaseLost(StoreError):
+    """Another builder took over this key's lease (ours expired): the run must not write a
+    realisation (fencing, spec/locks.md)."""
+
+    def __init__(self, key: str, holder: str) -> None:
+        self.key = key
+        self.holder = holder
+        super().__init__(f"lost the lease on {key} to {holder}; the result was not recorded")
 
 
 class BuildFailed(QwexError):

@@ -26,6 +26,7 @@ POINTS = (
     "index.commit",  # inside the index write transaction, before its commit
     "materialize",  # some files of a tree are in place (staging inputs, or a checkout)
     "delete",  # gc or verify --repair: some objects deleted, in the reverse write order
+    "transfer",  # push or pull: some objects copied to the destination, the realisation not yet
 )
 
 _AT = os.environ.get("QWEX_TEST_CRASH_AT", "")

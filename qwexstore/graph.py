@@ -152,7 +152,8 @@ async def realize_graph(
     ) -> BuildResult | None:
         manifests = _blake3_upstreams(p, index, realised)
         for up, r in ups:
-            assert r is not None
+            if r is None:  # node() returns before this when an upstream did not build
+                raise RuntimeError(f"{up.name}: upstream result missing")
             manifests[up.derivation.hash()] = r.manifest
         resolved = _resolved(p, manifests, {d: resolved_plans[up.drv_path] for d, up in p.upstreams.items()})
         resolved_plans[p.drv_path] = resolved

@@ -38,7 +38,11 @@ _DBS: Final = (b"real", b"runs", b"drv", b"snap", b"stat")
 
 class IndexedRealisation(msgspec.Struct, array_like=True):
     """A realisation plus a summary of its outputs (the first paths and sizes), so a cache
-    hit can report without reading the store."""
+    hit can report without reading the store.
+
+    ``remote``: the substituter (a remote's name) that holds the realisation, when this
+    store does not hold it yet (spec/remotes.md, "Substitution"); None for a realisation in
+    this store. A trailing optional field: entries written before it decode with None."""
 
     manifest: str
     run_id: str
@@ -46,6 +50,7 @@ class IndexedRealisation(msgspec.Struct, array_like=True):
     files: int
     size: int
     listing: list[tuple[str, int]]
+    remote: str | None = None
 
 
 class RunSummary(msgspec.Struct, array_like=True):
@@ -58,12 +63,17 @@ class RunSummary(msgspec.Struct, array_like=True):
 
 
 class IndexEntries(msgspec.Struct):
-    """What the index names: realised keys, run ids, derivation hashes, commit -> snapshot."""
+    """What the index names: realised keys, run ids, derivation hashes, commit -> snapshot.
+
+    ``realisations`` are the keys this store realises; ``substituted`` (key -> remote) the
+    keys only a substituter holds, which name no object of this store, so gc and verify
+    leave them alone (they are neither stale nor damage)."""
 
     realisations: set[str]
     runs: set[str]
     derivations: set[str]
     snapshots: dict[str, str]
+    substituted: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class StatEntry(msgspec.Struct, array_like=True):
@@ -229,11 +239,20 @@ class Index:
                 return [k.decode() for k in txn.cursor(db=self._db[db]).iternext(values=False)]
 
             snaps = {k.decode(): v.decode() for k, v in txn.cursor(db=self._db["snap"])}
+            reals: set[str] = set()
+            substituted: dict[str, str] = {}
+            for k, v in txn.cursor(db=self._db["real"]):
+                remote = _real_dec.decode(v).remote
+                if remote is None:
+                    reals.add(f"blake3:{k.decode()}")
+                else:
+                    substituted[f"blake3:{k.decode()}"] = remote
             return IndexEntries(
-                realisations={f"blake3:{k}" for k in keys("real")},
+                realisations=reals,
                 runs=set(keys("runs")),
                 derivations={f"blake3:{k}" for k in keys("drv")},
                 snapshots=snaps,
+                substituted=substituted,
             )
 
 
@@ -249,16 +268,21 @@ class IndexWriter:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        assert self._txn is not None
+        txn = self._live()
         if exc_type is None:
             crashpoint("index.commit")
-            self._txn.commit()
+            txn.commit()
         else:
-            self._txn.abort()
+            txn.abort()
+
+    def _live(self) -> lmdb.Transaction:
+        """The open transaction (RuntimeError outside the ``with`` block)."""
+        if self._txn is None:
+            raise RuntimeError("IndexWriter used outside its `with` block")
+        return self._txn
 
     def _put(self, db: str, key: bytes, value: bytes) -> None:
-        assert self._txn is not None
-        self._txn.put(key, value, db=self._index._db[db])
+        self._live().put(key, value, db=self._index._db[db])
 
     def realisation(self, key: str, value: IndexedRealisation) -> None:
         self._put("real", hex_of(key).encode(), _enc.encode(value))
@@ -278,8 +302,7 @@ class IndexWriter:
     # Deletes (gc, verify --repair). They run before the store objects go, so the index
     # never names an object the store lacks (spec/gc.md); a missing entry is not an error.
     def _delete(self, db: str, key: bytes) -> None:
-        assert self._txn is not None
-        self._txn.delete(key, db=self._index._db[db])
+        self._live().delete(key, db=self._index._db[db])
 
     def delete_realisation(self, key: str) -> None:
         self._delete("real", hex_of(key).encode())
@@ -295,6 +318,6 @@ class IndexWriter:
 
     def drop_all(self) -> None:
         """Empty every database except the stat cache (used by rebuild)."""
-        assert self._txn is not None
+        txn = self._live()
         for name in ("real", "runs", "drv", "snap"):
-            self._txn.drop(self._index._db[name], delete=False)
+            txn.drop(self._index._db[name], delete=False)

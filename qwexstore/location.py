@@ -32,7 +32,7 @@ from .errors import UserError
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["VERSION_FILE", "StoreLocation", "locate_store", "realisation_path", "realised_in"]
+__all__ = ["VERSION_FILE", "StoreLocation", "locate_store", "project_root", "realisation_path", "realised_in"]
 
 #: The store's version file; its presence is what makes a location a store.
 VERSION_FILE: Final = "qwex-store.json"
@@ -142,8 +142,10 @@ def realised_in(store: Store) -> Callable[[str], bool]:
     return StoreLocation(store.local_root or store.location, explicit=False).realised()
 
 
-def _git_root(start: str) -> str | None:
-    d = os.path.abspath(start)
+def project_root(cwd: str | None = None) -> str | None:
+    """The git repository around ``cwd`` (default: the working directory), or None: the
+    project whose ``.qwex/config.toml`` applies."""
+    d = os.path.abspath(cwd or os.getcwd())
     while not os.path.exists(os.path.join(d, ".git")):
         parent = os.path.dirname(d)
         if parent == d:
@@ -158,7 +160,7 @@ def _config_store(start: str) -> str | None:
     relative path is relative to the project root, or to ``$QWEX_HOME``. Reads no file
     that does not exist (the cache-hit path runs this)."""
     home = qwex_home()
-    root = _git_root(start)
+    root = project_root(start)
     has_proj = root is not None and os.path.isfile(os.path.join(root, ".qwex", "config.toml"))
     if not has_proj and not os.path.isfile(os.path.join(home, "config.toml")):
         return None

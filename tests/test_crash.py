@@ -22,7 +22,7 @@ from conftest import GitRepo, Qwex, drv_text, job, parse_build
 
 from qwexstore.faults import POINTS
 
-BUILD_POINTS = [p for p in POINTS if p not in ("materialize", "delete")]
+BUILD_POINTS = [p for p in POINTS if p not in ("materialize", "delete", "transfer")]
 
 
 def pipeline(repo: GitRepo, inputs_dir: Path, tag: str = "0") -> None:

@@ -1,8 +1,13 @@
-"""Shared CLI plumbing: which store and index, printing, and error handling."""
+"""Shared CLI plumbing: the invocation's workspace, printing, and error handling.
+
+Which store, where its index lives and whether a command may create it are the library's
+rules (:mod:`qwexstore.location`, :class:`qwexstore.workspace.Workspace`); this module only
+carries the global ``--store`` option to them."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -11,6 +16,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from qwexstore.digest import hex_of
 from qwexstore.errors import BuildCancelled, QwexError
 from qwexstore.index import Index
 from qwexstore.location import StoreLocation, locate_store
@@ -18,7 +24,9 @@ from qwexstore.location import StoreLocation, locate_store
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from qwexstore.cache import BuildResult
     from qwexstore.store import Store
+    from qwexstore.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,27 +59,40 @@ def index_path() -> str:
     return location().index_path()
 
 
-def open_index(*, create_store: bool = False) -> Index:
-    """The local index of the current store (StoreError if it is unreadable).
+def _told(msg: str) -> None:
+    print(f"qwex: {msg}", file=sys.stderr)
 
-    Unless ``create_store`` (build and run, which create the store on first use), a
-    location without a store is the UserError "no qwex store at X", and nothing is
-    created: no index for a store that does not exist.
-    """
-    loc = location()
-    if not create_store:
-        loc.require()
-    return Index(loc.index_path())
+
+def workspace(
+    *, create: bool = False, substituters: list[str] | None = None, offline: bool = False
+) -> Workspace:
+    """The workspace of this invocation's store (:class:`Workspace` rules: without
+    ``create``, "no qwex store at X" and nothing created). A store created at a chosen
+    location is announced on stderr (a typo in ``--store`` should not go unnoticed)."""
+    from qwexstore.workspace import Workspace
+
+    return Workspace(location(), create=create, substituters=substituters or None, offline=offline,
+                     on_create=_told)
+
+
+def open_index(*, create_store: bool = False) -> Index:
+    """The local index of the current store (StoreError if it is unreadable); the
+    :class:`Workspace` rules for a missing store."""
+    return workspace(create=create_store).index
+
+
+def note_remote(r: BuildResult) -> None:
+    """Say on stderr where a substituted result lives (its outputs are fetched on need)."""
+    if r.remote is not None:
+        print(f"qwex: substituted from {r.remote}; its outputs are fetched when needed "
+              f"(qwex checkout {hex_of(r.key)[:12]})", file=sys.stderr)
 
 
 async def open_store(*, create: bool = False) -> Store:
     """Open the current store; see :meth:`StoreLocation.open`. A store created at a chosen
     location is announced on stderr (a typo in ``--store`` should not go unnoticed)."""
 
-    def told(msg: str) -> None:
-        print(f"qwex: {msg}", file=sys.stderr)
-
-    return await location().open(create=create, on_create=told)
+    return await location().open(create=create, on_create=_told)
 
 
 def fail(err: QwexError) -> None:
@@ -100,14 +121,25 @@ def handles_errors(fn: F) -> F:
         except BrokenPipeError:  # our reader went away (`| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
-        except Exception as e:  # a bug: still one line, with the traceback on request
+        except Exception as e:
             if os.environ.get("QWEX_DEBUG"):
                 raise
+            if isinstance(e, OSError) and e.errno in _ENVIRONMENT_ERRNOS:
+                # The machine refused a write (a read-only or full disk, no access): its
+                # error, not qwex's, in one line.
+                where = f": {e.filename}" if e.filename else ""
+                print(f"qwex: error: {e.strerror or e}{where}", file=sys.stderr)
+                raise SystemExit(1) from None
+            # A bug: still one line, with the traceback on request.
             print(f"qwex: internal error: {type(e).__name__}: {e} (QWEX_DEBUG=1 shows the traceback)",
                   file=sys.stderr)
             raise SystemExit(70) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: Errors of the machine, not of qwex: reported in one line, exit 1, not as internal errors.
+_ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
 
 
 def _interrupted_status() -> int:

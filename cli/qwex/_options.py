@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["AllowDirty", "AllowUnpinned", "Json", "Runner"]
+__all__ = ["AllowDirty", "AllowUnpinned", "Json", "Offline", "Runner", "Substituter"]
 
 AllowDirty = Annotated[
     bool, typer.Option("--allow-dirty", help="Snapshot uncommitted changes to tracked files.")
@@ -16,3 +16,11 @@ AllowUnpinned = Annotated[
 ]
 Runner = Annotated[str | None, typer.Option("--runner", help="Placement from a named runner in config.")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Substituter = Annotated[
+    list[str] | None,
+    typer.Option("--substituter", help="Ask this remote for a missing result before building it "
+                                       "(repeatable; replaces the config's `substituters`)."),
+]
+Offline = Annotated[
+    bool, typer.Option("--offline", help="Ask no substituter; build what is missing here.")
+]

@@ -8,24 +8,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from qwexstore.cache import BuildResult, lookup
+from qwexstore.cache import BuildResult
 from qwexstore.drvfile import DrvFile, validate
 from qwexstore.errors import QwexError, UserError
-from qwexstore.index import Index
 from qwexstore.plan import Plan, plan_file, plan_parsed
 
 if TYPE_CHECKING:
     from qwexstore.graph import NodeReport
+    from qwexstore.workspace import BuildEvents, LogSink, Workspace
 
 from ._ctx import (
     emit_json,
     handles_errors,
     location,
+    note_remote,
     open_index,
-    open_store,
     run_async,
+    workspace,
 )
-from ._options import AllowDirty, AllowUnpinned, Json, Runner
+from ._options import AllowDirty, AllowUnpinned, Json, Offline, Runner, Substituter
 from .build_view import node_json as _node_json
 from .build_view import print_result as _print_result
 
@@ -43,56 +44,60 @@ def _default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _build(plan: Plan, index: Index, as_json: bool, jobs: int = 1, keep_going: bool = False) -> None:
-    from qwexstore.graph import try_resolve
+def _events(nodes: list[Plan], as_json: bool) -> BuildEvents:
+    """How the CLI shows a build: messages on stderr, live logs (prefixed for a graph)."""
+    from qwexstore.workspace import BuildEvents
 
-    realised = location().realised()  # a hit costs one stat more: no phantom hits
-    resolved = try_resolve(plan, index, realised)
-    hit = lookup(index, resolved.key, realised) if resolved is not None else None
+    from .build_view import IngestProgress, PrefixedLogs, RawLogs
+
+    width = max(len(n.name) for n in nodes)
+
+    class Events(BuildEvents):
+        progress = IngestProgress()
+
+        def logs(self, node: Plan) -> LogSink:
+            return PrefixedLogs(node.name, width, as_json) if len(nodes) > 1 else RawLogs(as_json)
+
+        def building(self, node: Plan) -> None:
+            if not as_json:
+                print(f"qwex: building {node.name} ({node.key})", file=sys.stderr)
+
+        def substituted(self, node: Plan, result: BuildResult) -> None:
+            print(f"qwex: {node.name}: substituted from {result.remote} ({node.key})", file=sys.stderr)
+
+        def fetching(self, key: str, remote: str) -> None:
+            print(f"qwex: fetching the outputs of {key} from {remote}", file=sys.stderr)
+
+        def waiting(self, node: Plan, owner: str) -> None:
+            print(f"qwex: {node.name}: waiting for {owner}, which is building {node.key}", file=sys.stderr)
+
+        def warning(self, message: str) -> None:
+            print(f"qwex: warning: {message}", file=sys.stderr)
+
+    return Events()
+
+
+def _build(ws: Workspace, plan: Plan, as_json: bool, jobs: int = 1, keep_going: bool = False) -> None:
+    """Answer a hit from the index (no connection), else build through the workspace."""
+    hit = ws.lookup(plan)
     if hit is not None:
         _print_result(hit, as_json)
+        note_remote(hit)
         return
-    from qwexstore.driver import preflight
-
-    preflight(plan, index, realised)  # a node no driver can run is a user error, before any starts
     import time
 
-    from qwexstore.build import realize
-    from qwexstore.graph import graph_nodes, realize_graph
+    from qwexstore.graph import graph_nodes
 
-    from .build_view import IngestProgress, PrefixedLogs, RawLogs, summary_lines
+    from .build_view import summary_lines
 
     nodes = graph_nodes(plan)
-    width = max(len(n.name) for n in nodes)
+    events = _events(nodes, as_json)
     reports: dict[str, NodeReport] = {}
-
-    async def go() -> BuildResult:
-        store = await open_store(create=True)
-
-        async def build_one(node: Plan) -> BuildResult:
-            def on_wait(owner: str) -> None:
-                print(
-                    f"qwex: {node.name}: waiting for {owner}, which is building {node.key}", file=sys.stderr
-                )
-
-            hit = lookup(index, node.key, realised)
-            if hit is None and not as_json:
-                print(f"qwex: building {node.name} ({node.key})", file=sys.stderr)
-            logs = PrefixedLogs(node.name, width, as_json) if len(nodes) > 1 else RawLogs(as_json)
-            try:
-                return await realize(
-                    store, index, node, on_log=logs, on_wait=on_wait, progress=IngestProgress()
-                )
-            finally:
-                logs.close()
-
-        return await realize_graph(
-            plan, index, build_one, realised=realised, jobs=jobs, keep_going=keep_going, reports=reports
-        )
-
     t0 = time.monotonic_ns()
     try:
-        result = run_async(go)
+        result: BuildResult = run_async(
+            lambda: ws.build(plan, events=events, jobs=jobs, keep_going=keep_going, reports=reports)
+        )
     except QwexError as e:
         if as_json:  # scripts learn what failed, and which nodes did build
             emit_json({"error": str(e), "nodes": [_node_json(r) for r in reports.values()]})
@@ -112,17 +117,20 @@ def build(
     runner: Runner = None,
     jobs: Jobs = None,
     keep_going: KeepGoing = False,
+    substituter: Substituter = None,
+    offline: Offline = False,
     json: Json = False,
 ) -> None:
     """Build a derivation unless its key is already realized; print the key and outputs.
 
     drv: inputs are built first, independent ones in parallel. A failure stops the build
     from starting more derivations (running ones finish); --keep-going builds everything
-    that does not depend on the failure.
+    that does not depend on the failure. A missing result is first asked of the
+    substituters (config `substituters`, or --substituter), unless --offline.
     """
-    with open_index(create_store=True) as index:
-        plan = plan_file(drv, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
-        _build(plan, index, json, jobs or _default_jobs(), keep_going)
+    with workspace(create=True, substituters=substituter, offline=offline) as ws:
+        plan = ws.plan(drv, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
+        _build(ws, plan, json, jobs or _default_jobs(), keep_going)
 
 
 @handles_errors
@@ -139,17 +147,17 @@ def run(
     df = DrvFile(command=command, name=name or os.path.basename(command[0]), outputs=output or ["out/"])
     validate(df, "qwex run")  # -o is checked exactly as a .drv file's outputs are
     cwd = os.getcwd()
-    with open_index(create_store=True) as index:
+    with workspace(create=True) as ws:
         plan = plan_parsed(
             df,
             os.path.join(cwd, "(qwex run)"),
             cwd,
-            index,
+            ws.index,
             allow_dirty=allow_dirty,
             allow_unpinned=False,
             runner=None,
         )
-        _build(plan, index, json)
+        _build(ws, plan, json)
 
 
 @handles_errors

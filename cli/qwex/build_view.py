@@ -131,6 +131,7 @@ def print_result(
             "files": r.files,
             "size": r.size,
             "outputs": [p for p, _ in r.listing],
+            **({"remote": r.remote} if r.remote is not None else {}),  # substituted from it
         }
         emit_json(doc if nodes is None else {**doc, "nodes": nodes})
         return

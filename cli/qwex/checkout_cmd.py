@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from ._ctx import emit_json, handles_errors, open_index, open_store, run_async
+from ._ctx import emit_json, handles_errors, run_async, workspace
 
 
 @handles_errors
@@ -32,20 +33,24 @@ def checkout(
     ] = False,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Recreate a run: its source at the recorded commit plus its outputs."""
+    """Recreate a run: its source at the recorded commit plus its outputs (fetched first
+    from the substituter a substituted result came from)."""
 
     from qwexstore.checkout import CheckoutResult
-    from qwexstore.checkout import checkout as do_checkout
+    from qwexstore.workspace import BuildEvents
 
-    async def go() -> CheckoutResult:
-        store = await open_store()
-        with open_index() as index:
-            target = dest or f"qwex-{key.removeprefix('blake3:')[:12]}"
-            return await do_checkout(
-                store, index, key, target, link=link and not copy, outputs_only=outputs_only
-            )
+    class Events(BuildEvents):
+        def fetching(self, key: str, remote: str) -> None:
+            print(f"qwex: fetching the outputs of {key} from {remote}", file=sys.stderr)
 
-    r = run_async(go)
+    target = dest or f"qwex-{key.removeprefix('blake3:')[:12]}"
+    with workspace() as ws:
+
+        async def go() -> CheckoutResult:
+            return await ws.checkout(key, target, link=link and not copy, outputs_only=outputs_only,
+                                     events=Events())
+
+        r = run_async(go)
     if json:
         emit_json(
             {

@@ -10,7 +10,9 @@ from typing import Annotated
 import msgspec
 import typer
 
+from qwexstore.digest import hex_of
 from qwexstore.errors import UserError
+from qwexstore.index import IndexedRealisation
 
 from ._ctx import (
     console,
@@ -34,9 +36,17 @@ def show(
     key: Annotated[str, typer.Argument(help="A key, derivation hash or run id (or a unique prefix).")],
     json: Json = False,
 ) -> None:
-    """Show a run: its derivation, run record and outputs."""
+    """Show a run: its derivation, run record and outputs (for a result substituted from
+    a remote and not fetched yet: where it lives, and its outputs' listing)."""
 
     from qwexstore.checkout import resolve_run
+
+    with open_index() as index:
+        kind, full = index.resolve_prefix(key)
+        entry = index.realisation(full) if kind == "real" else None
+    if entry is not None and entry.remote is not None:
+        _show_substituted(full, entry, json)
+        return
 
     async def go() -> None:
         store = await open_store()
@@ -93,6 +103,21 @@ def show(
             con.print(t)
 
     run_async(go)
+
+
+def _show_substituted(key: str, entry: IndexedRealisation, as_json: bool) -> None:
+    """A key known only from a substituter: what the index holds, and where it lives."""
+    if as_json:
+        emit_json({"key": key, "remote": entry.remote, "run_id": entry.run_id, "manifest": entry.manifest,
+                   "files": entry.files, "size": entry.size, "outputs": [p for p, _ in entry.listing]})
+        return
+    print(f"key      {key}")
+    print(f"remote   {entry.remote} (substituted: the result is not in this store; `qwex checkout` or "
+          f"`qwex pull {entry.remote} {hex_of(key)[:12]}` fetches it)")
+    print(f"run      {entry.run_id}  {_when(entry.created_ns)}")
+    print(f"outputs  {entry.files} files, {human_size(entry.size)}, manifest {entry.manifest}")
+    for path, size in entry.listing:
+        print(f"  {path}  ({human_size(size)})")
 
 
 @handles_errors

@@ -1,12 +1,14 @@
 """The ``qwex`` console script: answer a cache hit before the CLI framework is imported.
 
-``qwex build FILE.drv [--json]`` whose key is realised (the common case in scripts,
-loops and notebooks) is answered here with the same library calls and the same printer as
-the full command (:func:`qwex.build_cmd.build`): plan, resolve ``drv:`` inputs through the
-index, confirm the realisation in the store, print. Anything else — other options or
-commands, a miss, an error of any kind — goes to the typer application
-(:mod:`qwex.app`), which starts from scratch and reports errors its way. The fast path
-never creates, builds or prints anything before it knows the answer is a hit.
+``qwex build FILE.drv [--json] [--offline] [--substituter NAME]`` whose key is realised
+(the common case in scripts, loops and notebooks) is answered here with the same library
+calls and the same printer as the full command (:func:`qwex.build_cmd.build`):
+:meth:`Workspace.lookup` (plan, resolve ``drv:`` inputs through the index, confirm the
+realisation in the store; a substituted key is answered from the index alone), print.
+Anything else — other options or commands, a miss, an error of any kind — goes to the
+typer application (:mod:`qwex.app`), which starts from scratch and reports errors its
+way. The fast path never creates, builds, connects or prints anything before it knows
+the answer is a hit, and imports no typer, rich, asyncio or remote-storage client.
 """
 
 from __future__ import annotations
@@ -16,35 +18,47 @@ import sys
 __all__ = ["main"]
 
 
+def _args(argv: list[str]) -> tuple[str, bool] | None:
+    """``build FILE`` with only ``--json``, ``--offline`` and ``--substituter NAME`` (which do
+    not change what a hit prints): (FILE, as_json); None for anything else."""
+    rest: list[str] = []
+    as_json = False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--json":
+            as_json = True
+        elif a == "--substituter" and i + 1 < len(argv):
+            i += 1
+        elif not (a == "--offline" or a.startswith("--substituter=")):
+            rest.append(a)
+        i += 1
+    if len(rest) != 2 or rest[0] != "build" or rest[1].startswith("-"):
+        return None
+    return rest[1], as_json
+
+
 def _hit(argv: list[str]) -> bool:
-    """Print the result of ``build FILE [--json]`` if every node is realised; True if so."""
-    args = [a for a in argv if a != "--json"]
-    if len(args) != 2 or args[0] != "build" or args[1].startswith("-") or len(argv) - len(args) > 1:
+    """Print the result of ``build FILE`` if every node is realised (here, or substituted
+    earlier): the index and one stat per node, no connection anywhere. True if so."""
+    args = _args(argv)
+    if args is None:
         return False
     try:
-        from qwexstore.cache import lookup
-        from qwexstore.graph import try_resolve
-        from qwexstore.index import Index
-        from qwexstore.plan import plan_file
+        from qwexstore.location import locate_store
+        from qwexstore.workspace import Workspace
 
-        from ._ctx import location
-
-        loc = location()
-        if not loc.exists():
-            return False
-        realised = loc.realised()
-        with Index(loc.index_path()) as index:
-            plan = plan_file(args[1], index)
-            resolved = try_resolve(plan, index, realised)
-            hit = lookup(index, resolved.key, realised) if resolved is not None else None
+        with Workspace(locate_store(None)) as ws:  # no store there: not a hit
+            hit = ws.lookup(ws.plan(args[0]))
     except Exception:  # the full command plans again and reports the error properly
         return False
     if hit is None:
         return False
-    from ._ctx import handles_errors
+    from ._ctx import handles_errors, note_remote
     from .build_view import print_result
 
-    handles_errors(print_result)(hit, "--json" in argv)
+    handles_errors(print_result)(hit, args[1])
+    note_remote(hit)
     return True
 
 
