@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, maint_cmd
+from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, key_cmd, maint_cmd, remote_cmd
 from ._ctx import STATE, UNLIMITED, piped
 
 # Piped help (`qwex ls --help | less`, a script): click's plain formatter at no width
@@ -56,6 +56,10 @@ app.command()(inspect_cmd.ls)
 app.command()(checkout_cmd.checkout)
 app.command()(diff_cmd.diff)
 app.add_typer(index_cmd.app, name="index")
+app.add_typer(remote_cmd.app, name="remote")
+app.command()(remote_cmd.push)
+app.command()(remote_cmd.pull)
+app.add_typer(key_cmd.app, name="key")
 app.command()(maint_cmd.verify)
 app.command()(maint_cmd.gc)
 app.command()(maint_cmd.pin)
