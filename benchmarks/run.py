@@ -30,6 +30,7 @@ from index_scale import bench_index_scale
 from ingest import bench_ingest_1gib, bench_ingest_small
 from materialize import bench_materialize
 from pipelines import bench_cache_hit, bench_pipeline_3stage
+from remote import bench_remote
 from report import README, merge_results, meta_info, render_markdown, update_readme
 from snapshots import bench_snapshot, bench_snapshot_incremental, bench_snapshot_nanogpt
 
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Bench] = {
     "snapshot_incremental": bench_snapshot_incremental,
     "snapshot_nanogpt": bench_snapshot_nanogpt,
     "index_scale": bench_index_scale,
+    "remote": bench_remote,
 }
 
 #: The saved results the README table is generated from.
@@ -63,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         help="qwex executable (or a command line, e.g. 'python -m cli'); default: $QWEX or `qwex` on PATH",
     )
     ap.add_argument("--dvc", help="dvc executable; default: `dvc` on PATH, else /tmp/benchvenv/bin/dvc")
+    ap.add_argument(
+        "--s5cmd", help="remote: s5cmd executable; default: `s5cmd` on PATH, else beside the dvc executable"
+    )
+    ap.add_argument(
+        "--weed", help="remote: SeaweedFS `weed`; default: `weed` on PATH, else beside the qwex executable"
+    )
     ap.add_argument("--blake3-python", help="python with the blake3 module (context row only)")
     ap.add_argument(
         "--workdir",
