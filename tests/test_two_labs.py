@@ -239,7 +239,7 @@ def test_step5_two_machines_one_execution(world: World) -> None:
         for m in (m1, m2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0 and "Traceback" not in err, err
     assert len(read_lines(count)) == 1  # exactly one execution across both machines
     keys = {ln.split()[1] for out, _ in outs for ln in out.splitlines() if ln.startswith("key ")}
