@@ -23,7 +23,7 @@ import posixpath
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-__all__ = ["LIST_MIN", "LIST_RATIO", "TREE_MIN", "TREE_RATIO", "batched_exists", "gather_all"]
+__all__ = ["LIST_MIN", "LIST_RATIO", "TREE_MIN", "TREE_RATIO", "batched_exists", "gather_all", "read_upto"]
 
 LIST_MIN = 4  # list a directory when at least this many asked paths share it
 LIST_RATIO = 100  # ... and give up listing past this many names per asked path
@@ -104,3 +104,15 @@ async def batched_exists(
 
     await gather_all(probed(i) for i in to_probe)
     return out
+
+
+async def read_upto(read: Callable[[int], Awaitable[bytes]], n: int) -> bytes:
+    """Up to ``n`` bytes from a stream whose ``read(k)`` may return fewer than ``k`` (an
+    HTTP body returns what has arrived); stops at the end of the stream."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = await read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

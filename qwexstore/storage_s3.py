@@ -39,7 +39,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from .errors import ObjectNotFound, StoreError
-from .storage_batch import batched_exists
+from .storage_batch import batched_exists, read_upto
 from .storage_retry import describe, retrying
 from .storage_types import Capabilities, ObjectInfo, Versioned
 
@@ -309,7 +309,9 @@ class S3Storage:
                     raise ObjectNotFound(path) from None
                 raise
             async with resp["Body"] as body:
-                return bytes(await body.read() if limit is None else await body.read(limit + 1))
+                if limit is None:
+                    return bytes(await body.read())
+                return await read_upto(body.read, limit + 1)
 
         return await self._call("get", path, op)
 

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .errors import ObjectNotFound, StoreError
-from .storage_batch import batched_exists
+from .storage_batch import batched_exists, read_upto
 from .storage_retry import describe, retrying
 from .storage_types import Capabilities, ObjectInfo, Versioned, is_ref_path
 
@@ -285,7 +285,9 @@ class SftpStorage:
         async def op(s: Any, _: int) -> bytes:
             try:
                 async with s.open(self._abs(path), "rb") as f:
-                    return bytes(await f.read() if limit is None else await f.read(limit + 1))
+                    if limit is None:
+                        return bytes(await f.read())
+                    return await read_upto(f.read, limit + 1)
             except asyncssh.SFTPNoSuchFile:
                 raise ObjectNotFound(path) from None
 

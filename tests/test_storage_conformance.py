@@ -160,6 +160,16 @@ def test_put_file_then_put_is_write_once(st: Storage, tmp_path: Path) -> None:
     assert run(st.get(P)) == b"first"
 
 
+def test_get_with_a_limit_reads_at_most_one_byte_more(st: Storage) -> None:
+    """``get(limit=n)``: at most n + 1 bytes, exactly, even where the backend's stream
+    returns what has arrived (an HTTP body in chunks), and the whole object if it fits."""
+    data = os.urandom(3 * 2**20 + 7)
+    run(st.put(P, data))
+    assert run(st.get(P, limit=2**20)) == data[: 2**20 + 1]
+    assert run(st.get(P, limit=len(data))) == data
+    assert run(st.get(P, limit=len(data) + 100)) == data
+
+
 def test_get_missing_raises_object_not_found(st: Storage) -> None:
     with pytest.raises(ObjectNotFound) as ei:
         run(st.get("blobs/00/missing"))

@@ -192,15 +192,20 @@ def test_kill_during_push_to_s3_then_resume(labs: Labs, moto_s3: Any) -> None:
 
 def _forge(labs: Labs, manifest: bytes, *, sign: bool = True) -> str:
     """Put ``manifest`` (raw canonical bytes) in the remote with a realisation of a new
-    key naming it and an existing run, signed by alice; return the key."""
+    key naming it and a run record agreeing with it (a copy of an existing run's, as a
+    forger would make: R8 holds), signed by alice; return the key."""
     remote = Path(labs.remote)
     mdigest = "blake3:" + __import__("blake3").blake3(b"qwex:manifest:v1\0" + manifest).hexdigest()
-    run_id = next((remote / "runs").iterdir()).name
+    old_run = next((remote / "runs").iterdir()).name
+    run_id = old_run[:-4] + os.urandom(2).hex()
     key = hash_bytes(os.urandom(16))
 
     async def go() -> None:
         store = await open_store(str(remote), create=False)
         await store.storage.put(store.manifest_path(mdigest), manifest)
+        run = msgspec.structs.replace(await store.get_run(old_run), run_id=run_id, key=key,
+                                      manifest=mdigest, status="succeeded")
+        await store.put_run(run)
         real = Realisation(key=key, manifest=mdigest, run_id=run_id, created_ns=1)
         if sign:
             await store.put_signature(make_signature(_secret(labs.a, "alice"), key, mdigest))
