@@ -157,12 +157,17 @@ def run_async(make: Callable[[], Any]) -> Any:
 
     A second Ctrl-C makes asyncio cancel every task again while shutting down; the runs
     are still stopped and recorded, and the errors the tasks end with then (cancellations,
-    our own errors) are expected, not news: only anything else reaches asyncio's report.
+    our own errors, connections a stopped server dropped) are expected, not news: only
+    anything else reaches asyncio's report.
     """
     import asyncio
 
     def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if not isinstance(context.get("exception"), (asyncio.CancelledError, QwexError, KeyboardInterrupt)):
+        # ConnectionError too: when a server goes away mid-request, the HTTP client's own
+        # body-writer task fails as well, and is never awaited by anyone; the request that
+        # owns it has already been retried and reported (one line) by the storage.
+        expected = (asyncio.CancelledError, QwexError, KeyboardInterrupt, ConnectionError)
+        if not isinstance(context.get("exception"), expected):
             loop.default_exception_handler(context)
 
     async def main() -> Any:
