@@ -20,9 +20,11 @@ from .derivation import derivation_hash
 from .digest import is_digest
 from .errors import StoreError
 from .index import Index, IndexedRealisation, RunSummary
+from .manifest import Manifest
+from .records import Realisation, RunRecord
 from .store import Store
 
-__all__ = ["RebuildReport", "rebuild_index"]
+__all__ = ["RebuildReport", "indexed_realisation", "rebuild_index", "run_summary", "write_entries"]
 
 
 class RebuildReport(msgspec.Struct):
@@ -58,10 +60,7 @@ async def rebuild_index(store: Store, index: Index) -> RebuildReport:
         except StoreError as e:
             skipped.append((path, str(e)))
             continue
-        files = m.files()
-        listing = [(e.path, e.size) for e in files[:LISTING]]
-        reals.append((key, IndexedRealisation(real.manifest, real.run_id, real.created_ns,
-                                              len(files), m.total_size(), listing)))
+        reals.append((key, indexed_realisation(real, m)))
     runs: list[tuple[str, RunSummary]] = []
     for path in await store.storage.list("runs"):
         try:
@@ -69,8 +68,7 @@ async def rebuild_index(store: Store, index: Index) -> RebuildReport:
         except StoreError as e:
             skipped.append((path, str(e)))
             continue
-        runs.append((run.run_id, RunSummary(run.key, run.name, run.status, run.exit_code,
-                                            run.started_ns, run.finished_ns)))
+        runs.append((run.run_id, run_summary(run)))
     drvs: list[tuple[str, str]] = []
     for path in await store.storage.list("derivations"):
         digest = _digest_of(path)
@@ -91,14 +89,42 @@ async def rebuild_index(store: Store, index: Index) -> RebuildReport:
             snaps.append(((await store.get_snapshot(digest)).commit, digest))
         except StoreError as e:
             skipped.append((path, str(e)))
+    write_entries(index, reals, runs, drvs, snaps, replace=True)
+    return RebuildReport(len(reals), len(runs), len(drvs), len(snaps), sorted(skipped))
+
+
+def indexed_realisation(real: Realisation, manifest: Manifest) -> IndexedRealisation:
+    """The index entry of a realisation whose output manifest is ``manifest``."""
+    files = manifest.files()
+    listing = [(e.path, e.size) for e in files[:LISTING]]
+    return IndexedRealisation(real.manifest, real.run_id, real.created_ns, len(files),
+                              manifest.total_size(), listing)
+
+
+def run_summary(run: RunRecord) -> RunSummary:
+    """The index entry of a run record."""
+    return RunSummary(run.key, run.name, run.status, run.exit_code, run.started_ns, run.finished_ns)
+
+
+def write_entries(
+    index: Index,
+    reals: list[tuple[str, IndexedRealisation]],
+    runs: list[tuple[str, RunSummary]],
+    drvs: list[tuple[str, str]],
+    snaps: list[tuple[str, str]],
+    *,
+    replace: bool = False,
+) -> None:
+    """Write index entries in one transaction (with ``replace``, instead of all others);
+    realisations last, as in the store's write order."""
     with index.writer() as w:
-        w.drop_all()
-        for key, value in reals:
-            w.realisation(key, value)
+        if replace:
+            w.drop_all()
         for run_id, summary in runs:
             w.run(run_id, summary)
         for digest, name in drvs:
             w.derivation(digest, name)
         for commit, digest in snaps:
             w.snapshot(commit, digest)
-    return RebuildReport(len(reals), len(runs), len(drvs), len(snaps), sorted(skipped))
+        for key, value in reals:
+            w.realisation(key, value)

@@ -442,36 +442,25 @@ def _signature_valid(path: str, data: bytes, real: Realisation) -> bool:
 
 async def index_closure(store: Store, index: Index, closure: Closure) -> None:
     """Index the closure's realisations, runs, derivations and snapshots (now in ``store``)."""
-    from .cache import LISTING  # here: it imports the planner, which a push does not need
+    from .reindex import indexed_realisation, run_summary, write_entries
 
     reals: list[tuple[str, IndexedRealisation]] = []
     for key in closure.reals:
         real = await store.get_realisation(key)  # ours: T7 may have kept another manifest
-        if real is None:
-            continue
-        m = await store.get_manifest(real.manifest)
-        files = m.files()
-        reals.append((key, IndexedRealisation(real.manifest, real.run_id, real.created_ns, len(files),
-                                              m.total_size(), [(e.path, e.size) for e in files[:LISTING]])))
-    runs, drvs, snaps = [], [], []
+        if real is not None:
+            reals.append((key, indexed_realisation(real, await store.get_manifest(real.manifest))))
+    runs: list[tuple[str, RunSummary]] = []
+    drvs: list[tuple[str, str]] = []
+    snaps: list[tuple[str, str]] = []
     for it in closure.items.values():
         if it.kind == "run":
             run = await store.get_run(it.path.rsplit("/", 1)[-1])
-            runs.append((run.run_id, RunSummary(run.key, run.name, run.status, run.exit_code,
-                                                run.started_ns, run.finished_ns)))
+            runs.append((run.run_id, run_summary(run)))
         elif it.kind == "derivation" and it.digest is not None:
             drvs.append((it.digest, (await store.get_derivation(it.digest)).name))
         elif it.kind == "snapshot" and it.digest is not None:
             snaps.append(((await store.get_snapshot(it.digest)).commit, it.digest))
-    with index.writer() as w:
-        for run_id, summary in runs:
-            w.run(run_id, summary)
-        for digest, name in drvs:
-            w.derivation(digest, name)
-        for commit, digest in snaps:
-            w.snapshot(commit, digest)
-        for key, value in reals:
-            w.realisation(key, value)
+    write_entries(index, reals, runs, drvs, snaps)
 
 
 async def fetch_realisation(src: Store, key: str, *, trust: Trust) -> tuple[Realisation, Manifest] | None:
