@@ -41,16 +41,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from .cache import BuildResult, lookup
 from .config import qwex_home
 from .coordinator import Coordinator, FlockCoordinator
-from .derivation import BlobInput, TreeInput
+from .derivation import BlobInput, Derivation, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import DriverError, StoreError, UserError
 from .index import Index
+from .jobrun import Detached, attach, execute_job, tee, with_broken
+from .jobs import JobDriver, JobHandle, handle_for_key
+from .layers import SshLayer
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .manifest import FileEntry, Manifest
 from .plan import Plan
@@ -63,7 +64,7 @@ from .tree import Progress, materialize
 if TYPE_CHECKING:
     from .keys import SecretKey
 
-__all__ = ["base_env", "kept_dir", "new_run_id", "realize", "scratch_dir"]
+__all__ = ["base_env", "kept_dir", "new_run_id", "realize", "scratch_dir", "stage_inputs"]
 
 
 def new_run_id() -> str:
@@ -159,16 +160,23 @@ async def _check_tree_inputs(store: Store, index: Index, plan: Plan) -> None:
 
 
 async def _stage(store: Store, plan: Plan, workdir: str) -> None:
-    """Fill the work dir: selected source, inputs, output dirs.
+    """Fill the work dir: selected source, then :func:`stage_inputs`."""
+    if plan.repo is None or plan.commit is None or plan.tree is None:
+        raise UserError(f"{plan.drv_path}: no source repository to build from")
+    plan.repo.stage(plan.tree, workdir)
+    await stage_inputs(store, plan.derivation, workdir, plan.drv_path)
+
+
+async def stage_inputs(store: Store, derivation: Derivation, workdir: str, where: str) -> None:
+    """Stage a resolved derivation's inputs and output dirs into ``workdir`` (its source
+    already there); ``where`` prefixes error messages. Shared by the local build and the
+    execution side of a remote run (:func:`qwexstore.agent.stage`).
 
     Inputs are verified copies of their blobs, never links (spec/runs.md, "Inputs"): the
     job may damage its own copy, never the store. They are made read-only (0444/0555) as
     a hint that a job should not write them.
     """
-    if plan.repo is None or plan.commit is None or plan.tree is None:
-        raise UserError(f"{plan.drv_path}: no source repository to build from")
-    plan.repo.stage(plan.tree, workdir)
-    for dest, inp in sorted(plan.derivation.inputs.items()):
+    for dest, inp in sorted(derivation.inputs.items()):
         # Every input is a tree under ``dest`` ("." overlays it at its own paths).
         if isinstance(inp, BlobInput):
             m = Manifest([FileEntry(path=dest, size=0, digest=inp.digest, executable=inp.executable)])
@@ -179,13 +187,13 @@ async def _stage(store: Store, plan: Plan, workdir: str) -> None:
         try:
             await materialize(store, m, workdir, read_only=True)
         except UserError as err:
-            raise UserError(f"{plan.drv_path}: input {dest!r} clashes with another file: {err}") from None
-    for pat in plan.derivation.outputs:
+            raise UserError(f"{where}: input {dest!r} clashes with another file: {err}") from None
+    for pat in derivation.outputs:
         if pat.endswith("/") and not glob.has_magic(pat):
             try:
                 os.makedirs(os.path.join(workdir, pat), exist_ok=True)
             except (FileExistsError, NotADirectoryError):
-                raise UserError(f"{plan.drv_path}: output {pat!r} is a directory, but a source file "
+                raise UserError(f"{where}: output {pat!r} is a directory, but a source file "
                                 "or an input of that name is in the way") from None
 
 
@@ -202,6 +210,8 @@ async def realize(
     coordinator: Coordinator | None = None,
     signer: SecretKey | None = None,
     scratch: str | None = None,
+    detach: bool = False,
+    on_submitted: Callable[[JobHandle], None] | None = None,
 ) -> BuildResult:
     """Build ``plan`` unless its key is realized; one execution per key at a time.
 
@@ -231,7 +241,11 @@ async def realize(
         drv = driver or load_driver(driver_for(plan.layers))
         env = environ or dict(os.environ)
         run = Run(store, index, plan, drv, "", "", None, progress, env, on_log, hold, signer)
-        return await _run(run, tmp)
+        if isinstance(drv, JobDriver):
+            inflight = handle_for_key(tmp, key)
+            if inflight is not None:  # a job a dead (or detached) client left running
+                return await attach(run, tmp, inflight, on_submitted)
+        return await _run(run, tmp, detach=detach, on_submitted=on_submitted)
 
 
 @contextlib.contextmanager
@@ -244,7 +258,9 @@ def _full_disk_is_a_store_error(name: str) -> Iterator[None]:
         raise StoreError(f"{name}: cannot build: {oserror(e)}") from None
 
 
-async def _run(run: Run, tmp: str) -> BuildResult:
+async def _run(
+    run: Run, tmp: str, *, detach: bool = False, on_submitted: Callable[[JobHandle], None] | None = None
+) -> BuildResult:
     """Prepare, execute and record one run (``run`` arrives with its run id and work dir
     unset). The caller holds the key.
 
@@ -267,22 +283,30 @@ async def _run(run: Run, tmp: str) -> BuildResult:
         record_lock = GcLock(tmp, exclusive=False)
         try:
             run.rd = RunDir(tmp, run_id)
-            return await _execute_and_record(run, record_lock)
+            return await _execute_and_record(run, record_lock, tmp, detach, on_submitted)
         finally:
             record_lock.release()
             live.release()  # after the work dir is gone: gc removes a work dir with no live root
 
 
-async def _execute_and_record(run: Run, record_lock: GcLock) -> BuildResult:
-    """Stage the work dir, run the job with no gc lock held, then take ``record_lock`` and
-    record the outcome."""
+async def _execute_and_record(
+    run: Run, record_lock: GcLock, tmp: str, detach: bool, on_submitted: Callable[[JobHandle], None] | None
+) -> BuildResult:
+    """Stage the work dir (unless the execution side stages it: ssh), run the job with no
+    gc lock held, then take ``record_lock`` and record the outcome."""
     plan, rd = run.plan, run.rundir
+    job = run.driver if isinstance(run.driver, JobDriver) else None
     try:
-        await _stage(run.store, plan, rd.work)
+        if job is None or not any(isinstance(x, SshLayer) for x in plan.layers):
+            await _stage(run.store, plan, rd.work)
     except BaseException:
         rd.remove()
         raise
     env, run.impure = base_env(plan, run.run_id, plan.key, rd.path, run.environ)
+    if job is not None and "PATH" not in plan.derivation.env.vars:
+        env.pop("PATH")  # the execution host's own (or the container's): spec/drivers.md
+        if "PATH" in run.impure:
+            run.impure["PATH"] = "(the execution host's PATH)"
     rp = RunPlan(
         run_id=run.run_id,
         key=plan.key,
@@ -292,10 +316,19 @@ async def _execute_and_record(run: Run, record_lock: GcLock) -> BuildResult:
         env=env,
         layers=plan.layers,
         image=plan.derivation.env.image,
+        drv=run.drv_hash,
+        project_root=plan.repo.root if plan.repo is not None else None,
+        passed=list(plan.drvfile.env.pass_),
     )
     run.started = time.time_ns()
     try:
-        outcome = await _execute(run.driver, rp, rd, run.on_log)
+        if job is not None:
+            outcome = await execute_job(run, job, rp, rd, tmp, detach, on_submitted)
+        else:
+            outcome = await _execute(run.driver, rp, rd, run.on_log)
+    except Detached:
+        rd.close()  # the job goes on in it; gc keeps it while the handle exists
+        raise
     except DriverError:
         rd.remove()  # the backend failed, not the command: no run
         raise
@@ -316,21 +349,8 @@ async def _execute(
     A log that cannot be written (a full disk) fails the run, which goes on to its end:
     its output still reaches ``on_log``, and the message names the log and the error."""
     broken: list[str] = []
-
-    def sink(stream: str, chunk: bytes) -> None:
-        if not broken:
-            try:
-                rd.write_log(stream, chunk)
-            except OSError as e:
-                broken.append(f"cannot write its {stream} log: {oserror(e)}")
-        on_log(stream, chunk)
-
     try:
-        outcome = await driver.run(rp, sink)
+        outcome = await driver.run(rp, tee(rd, on_log, broken))
     except asyncio.CancelledError:
         return None
-    if broken and outcome.status == "succeeded":
-        return msgspec.structs.replace(outcome, status="failed", message=broken[0])
-    if broken:
-        return msgspec.structs.replace(outcome, message=f"{outcome.message}; {broken[0]}")
-    return outcome
+    return with_broken(outcome, broken)

@@ -47,6 +47,10 @@ class RunPlan(msgspec.Struct, frozen=True):
     env: dict[str, str]
     layers: list[Layer]
     image: str | None = None
+    drv: str = ""  # the derivation record's hash (a remote execution side stages from it)
+    project_root: str | None = None  # where a project's own templates are (.qwex/templates)
+    runner: str | None = None  # the runner's name, for messages and `qwex runs`
+    passed: list[str] = msgspec.field(default_factory=list)  # env names passed through (masked when shown)
 
 
 class RunOutcome(msgspec.Struct, frozen=True):

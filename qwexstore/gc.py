@@ -25,7 +25,7 @@ import msgspec
 
 from .errors import ObjectNotFound, StoreError, UserError
 from .index import Index, IndexEntries
-from .liveroots import GC_LOCK, ROOTS, GcLock, LiveRoot, scan_roots
+from .liveroots import GC_LOCK, ROOTS, GcLock, LiveRoot, RootsScan, scan_roots
 from .pins import pinned
 from .reach import DELETE_ORDER, Graph, Problem, Ref, list_objects, remove, stale_entries, walk
 from .store import Store
@@ -36,7 +36,7 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE_RE: Final = re.compile(r"^(\d+)([smhdw])$")
 #: Scratch entries that belong to protocols and are never removed (spec/locks.md, gc.md);
 #: ``kept/`` holds finished runs' outputs that a failing store could not take (build.py).
-_KEEP: Final = {GC_LOCK, "locks", ROOTS, "runs", "kept"}
+_KEEP: Final = {GC_LOCK, "locks", ROOTS, "runs", "kept", "jobs"}
 
 
 class GcReport(msgspec.Struct):
@@ -108,6 +108,21 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(path, onerror=retry)
 
 
+def _with_jobs(scan: RootsScan, scratch: str) -> RootsScan:
+    """A job in flight (a handle in ``jobs/``: submitted, not yet recorded, its client
+    possibly gone) is a live root like a running build: its derivation closure and its run
+    dir stay (spec/drivers.md, "Lifecycle")."""
+    from .jobs import list_handles
+
+    handles = list_handles(scratch)
+    if not handles:
+        return scan
+    ids = {h.run_id for h in handles}
+    jobs = [LiveRoot(h.run_id, h.drv, 0, h.host or "this host", h.submitted_ns) for h in handles]
+    live = [*scan.live, *jobs]
+    return RootsScan(live, [d for d in scan.dead if d not in ids])
+
+
 def _scratch_garbage(scratch: str, live: Iterable[LiveRoot], dead: list[str]) -> list[str]:
     """Scratch entries to remove, relative to ``scratch``: work dirs of dead builds and of
     no build at all, roots files of dead builds (after their work dirs), and every other
@@ -140,7 +155,7 @@ async def collect_garbage(
     """
     now = time.time_ns() if now_ns is None else now_ns
     async with GcLock(scratch, exclusive=True, on_wait=on_wait):
-        roots_scan = scan_roots(scratch)
+        roots_scan = _with_jobs(scan_roots(scratch), scratch)
         refs, _strays = await list_objects(store)  # strays are verify's business, not gc's
         pins = set(await pinned(store))
         reals = [r for r in refs if r.kind == "realisation"]

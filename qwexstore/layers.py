@@ -22,10 +22,13 @@ __all__ = [
     "Layer",
     "LayerIdentity",
     "LocalLayer",
+    "PodmanIdentity",
+    "PodmanLayer",
     "SingularityIdentity",
     "SingularityLayer",
     "SlurmLayer",
     "SshLayer",
+    "TemplateIdentity",
     "layer_fields",
 ]
 
@@ -49,6 +52,11 @@ class SshLayer(_LayerBase, tag="ssh"):
     user: str | None = None
     port: int | None = None
     workdir: str | None = None
+    #: where job dirs (``ROOT/jobs/<run-id>``) and the execution store (``ROOT/store``) live
+    #: on the remote, relative to its home unless absolute; default ``.qwex``.
+    root: str | None = None
+    #: the qwex command on the remote (``qwex`` on its PATH by default).
+    qwex: str | None = None
 
 
 class SlurmLayer(_LayerBase, tag="slurm"):
@@ -62,7 +70,14 @@ class SlurmLayer(_LayerBase, tag="slurm"):
     cpus_per_task: int | None = None
     mem: str | None = None
     gres: str | None = None
+    gpus: str | None = None
     constraint: str | None = None
+    #: ``--signal``, e.g. ``USR2@90``: warn the job before preemption or its time limit.
+    signal: str | None = None
+    #: ``--requeue``: a preempted job goes back to the queue; qwex follows it.
+    requeue: bool = False
+    #: further sbatch options, passed verbatim (each one argument).
+    extra_args: list[str] = msgspec.field(default_factory=list)
 
 
 class SingularityLayer(_LayerBase, tag="singularity"):
@@ -76,6 +91,20 @@ class SingularityLayer(_LayerBase, tag="singularity"):
     args: list[str] = msgspec.field(default_factory=list)
     nv: bool = False
     binds: list[str] = msgspec.field(default_factory=list)
+    executable: str = "apptainer"
+
+
+class PodmanLayer(_LayerBase, tag="podman"):
+    """Run inside a podman (or docker) container. The image and the extra ``args`` are
+    identity; GPUs, the OCI runtime and the executable are placement."""
+
+    identity_fields: ClassVar[tuple[str, ...]] = ("image", "args")
+
+    image: str
+    args: list[str] = msgspec.field(default_factory=list)
+    gpus: str | None = None
+    runtime: str | None = None
+    executable: str = "podman"
 
 
 class KueueLayer(_LayerBase, tag="kueue"):
@@ -92,13 +121,14 @@ class KueueLayer(_LayerBase, tag="kueue"):
     priority_class: str | None = None
 
 
-Layer = LocalLayer | SshLayer | SlurmLayer | SingularityLayer | KueueLayer
+Layer = LocalLayer | SshLayer | SlurmLayer | SingularityLayer | PodmanLayer | KueueLayer
 
 _KINDS: dict[str, type[_LayerBase]] = {
     "local": LocalLayer,
     "ssh": SshLayer,
     "slurm": SlurmLayer,
     "singularity": SingularityLayer,
+    "podman": PodmanLayer,
     "kueue": KueueLayer,
 }
 
@@ -112,13 +142,29 @@ class SingularityIdentity(msgspec.Struct, tag_field="kind", tag="singularity", f
     args: list[str]
 
 
+class PodmanIdentity(msgspec.Struct, tag_field="kind", tag="podman", forbid_unknown_fields=True):
+    """What a podman layer contributes to the key. ``image`` is a resolved image id."""
+
+    image: str
+    args: list[str]
+
+
+class TemplateIdentity(msgspec.Struct, tag_field="kind", tag="template", forbid_unknown_fields=True):
+    """A lab's own (ejected) template for a layer that changes what the job sees (a
+    container wrapper): its bytes are identity (spec/drivers.md, "Templates and the key").
+    Absent while the built-in template is used, so existing keys do not change."""
+
+    layer: str
+    digest: str
+
+
 class KueueIdentity(msgspec.Struct, tag_field="kind", tag="kueue", forbid_unknown_fields=True):
     """What a kueue layer contributes to the key. ``image`` is a resolved image id."""
 
     image: str
 
 
-LayerIdentity = SingularityIdentity | KueueIdentity
+LayerIdentity = SingularityIdentity | PodmanIdentity | KueueIdentity | TemplateIdentity
 
 
 def layer_fields(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:

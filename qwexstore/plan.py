@@ -26,11 +26,14 @@ from .layers import (
     KueueLayer,
     Layer,
     LayerIdentity,
+    PodmanIdentity,
+    PodmanLayer,
     SingularityIdentity,
     SingularityLayer,
 )
 from .manifest import FileEntry, Manifest
 from .records import DerivationRecord, SourceRef
+from .script import template_identities
 from .source import Repo, SourceTree, find_repo
 from .tree import hash_entries, scan
 
@@ -113,6 +116,11 @@ def _layer_identity(
             image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where, file=drv_path),
             contain=layer.contain,
             cleanenv=layer.cleanenv,
+            args=layer.args,
+        )
+    if isinstance(layer, PodmanLayer):
+        return PodmanIdentity(
+            image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where, file=drv_path),
             args=layer.args,
         )
     if isinstance(layer, KueueLayer):
@@ -242,6 +250,7 @@ def plan_parsed(
         for i, layer in enumerate(layers)
         if (x := _layer_identity(layer, base, allow_unpinned, i, drv_path)) is not None
     ]
+    idents += template_identities(root, layers)
 
     # Inputs
     inputs: dict[str, Input] = {}

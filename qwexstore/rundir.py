@@ -53,29 +53,62 @@ class RunDir:
     them. Not thread-safe; one owner."""
 
     def __init__(self, scratch: str, run_id: str) -> None:
-        self.scratch = scratch
-        self.run_id = run_id
-        self.path = os.path.join(scratch, "runs", run_id)
-        self.work = os.path.join(self.path, "work")
-        self.home = os.path.join(self.path, "home")
-        self.tmp = os.path.join(self.path, "tmp")
-        self._ingest: str | None = None
-        self._ingest_fd = -1
+        self._names(scratch, run_id)
         os.makedirs(os.path.join(scratch, "runs"), exist_ok=True)
         os.mkdir(self.path)
+        self._open(create=True)
+
+    def _names(self, scratch: str, run_id: str) -> None:
+        self.scratch, self.run_id = scratch, run_id
+        self.path = os.path.join(scratch, "runs", run_id)
+        self.work, self.home, self.tmp = (os.path.join(self.path, n) for n in ("work", "home", "tmp"))
+        self._ingest: str | None = None
+        self._ingest_fd = -1
+
+    def _open(self, *, create: bool) -> None:
+        """Open the run dir, then (making them first with ``create``) the work dir and the
+        logs: new and exclusive, or (reopening) emptied."""
         self.fd = os.open(self.path, _DIR)
         self.work_fd = -1
         self.logs: dict[str, int] = {}
         try:
-            for name in ("work", "home", "tmp"):
-                os.mkdir(name, dir_fd=self.fd)
+            if create:
+                for name in ("work", "home", "tmp"):
+                    os.mkdir(name, dir_fd=self.fd)
             self.work_fd = os.open("work", _DIR, dir_fd=self.fd)
             for s in STREAMS:
-                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                flags |= os.O_EXCL if create else os.O_TRUNC
                 self.logs[s] = os.open(s, flags, 0o644, dir_fd=self.fd)
         except BaseException:
             self.remove()
             raise
+
+    @classmethod
+    def adopt(cls, workdir: str, scratch: str, name: str) -> RunDir:
+        """A work dir made elsewhere (the execution side of a remote run: spec/drivers.md),
+        opened once here without following a symlink (``workdir`` itself must not be one),
+        for :meth:`collect` only; its ingest dir is ``<scratch>/ingest-<name>``. It has no
+        run dir and no logs: :meth:`remove` closes the descriptor and removes the ingest
+        dir, and leaves the work dir's own name alone."""
+        self = cls.__new__(cls)
+        self.scratch, self.run_id = scratch, name
+        self.path, self.work = os.path.dirname(workdir), workdir
+        self.home = self.tmp = ""
+        self._ingest, self._ingest_fd = None, -1
+        self.fd, self.logs = -1, {}
+        self.work_fd = os.open(workdir, _DIR)
+        return self
+
+    @classmethod
+    def reopen(cls, scratch: str, run_id: str) -> RunDir:
+        """The run dir of a job that outlived its client (spec/drivers.md, "Attach"),
+        opened again without following a link, its logs emptied: the attaching client
+        streams the job's own log files again from the start. FileNotFoundError if gone."""
+        self = cls.__new__(cls)
+        self._names(scratch, run_id)
+        self._open(create=False)
+        return self
 
     def write_log(self, stream: str, chunk: bytes) -> None:
         """Append to a log through qwex's own descriptor (OSError, e.g. ENOSPC, to the caller)."""
@@ -213,6 +246,14 @@ class RunDir:
                 os.close(fd)
             raise
         return fd, parts[-1]
+
+    def close(self) -> None:
+        """Close every descriptor and leave the run dir as it is (a detached job runs in
+        it; :meth:`reopen` opens it again)."""
+        for fd in [*self.logs.values(), self.work_fd, self.fd]:
+            if fd >= 0:
+                os.close(fd)
+        self.logs, self.work_fd, self.fd = {}, -1, -1
 
     def remove(self) -> None:
         """Delete the run dir and the ingest dir, through descriptors; close everything.

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
     from .driver import Driver
     from .graph import NodeReport
+    from .jobs import JobHandle
     from .keys import SecretKey
     from .reindex import RebuildReport
     from .store import Store
@@ -91,6 +92,10 @@ class BuildEvents:
 
     def warning(self, message: str) -> None:
         """A one-line warning (an unavailable or untrusted substituter)."""
+
+    def submitted(self, node: Plan, handle: JobHandle) -> None:
+        """``node``'s job was submitted (or attached to: a job an earlier client left
+        running) through a job driver; ``handle`` says where it runs."""
 
 
 class Workspace:
@@ -253,17 +258,20 @@ class Workspace:
         reports: dict[str, NodeReport] | None = None,
         driver: Driver | None = None,
         environ: dict[str, str] | None = None,
+        detach: bool = False,
     ) -> BuildResult:
         """Build ``plan``'s graph: each missing node is asked of the substituters, then
         run (upstreams first, up to ``jobs`` at once). Raises as
         :func:`qwexstore.graph.realize_graph`; a node no driver can run is refused first
-        (without substituters, before any starts). Disconnects before returning."""
+        (without substituters, before any starts). With ``detach``, a node run through a
+        job driver raises :class:`~qwexstore.jobrun.Detached` once submitted (the job
+        runs on). Disconnects before returning."""
         from . import workspace_build
 
         try:
             return await workspace_build.build(self, plan, events or BuildEvents(), jobs=jobs,
                                                keep_going=keep_going, reports=reports, driver=driver,
-                                               environ=environ)
+                                               environ=environ, detach=detach)
         finally:
             await self.disconnect()
 

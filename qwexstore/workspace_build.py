@@ -41,6 +41,7 @@ async def build(
     reports: dict[str, NodeReport] | None,
     driver: Driver | None,
     environ: dict[str, str] | None,
+    detach: bool = False,
 ) -> BuildResult:
     """See :meth:`Workspace.build`."""
     from .build import realize
@@ -82,7 +83,8 @@ async def build(
             return await realize(
                 store, index, node, on_log=sink, on_wait=lambda owner: events.waiting(node, owner),
                 progress=events.progress, driver=driver, environ=environ, coordinator=coordinator,
-                signer=signer, scratch=ws.scratch,
+                signer=signer, scratch=ws.scratch, detach=detach,
+                on_submitted=lambda handle: events.submitted(node, handle),
             )
         finally:
             sink.close()

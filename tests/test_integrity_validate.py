@@ -347,9 +347,9 @@ def test_missing_driver_is_a_user_error_before_anything_starts(qwex: Qwex, git_r
     marker = tmp_path / "ran"
     up = drv_text(job("--count", str(marker), "--out", "x=1"))
     down = drv_text(job("--count", str(marker)), inputs={"up": "drv:up.drv"},
-                    extra='[[layers]]\nkind = "slurm"\npartition = "gpu"\n')
+                    extra='[[layers]]\nkind = "kueue"\nimage = "{}"\n'.format("img@sha256:" + "a" * 64))
     git_repo.commit(files={"up.drv": up, "down.drv": down})
     cp = qwex("build", "down.drv", cwd=git_repo.path)
-    assert_user_error(cp, "down.drv: layers[0].kind: no driver installed for layer kind 'slurm'")
+    assert_user_error(cp, "down.drv: layers[0].kind: no driver installed for layer kind 'kueue'")
     assert "building" not in cp.stderr
     assert not marker.exists()  # not even the upstream, which the local driver could run

@@ -322,6 +322,18 @@ FILES["derivation/layer-singularity.json"] = drv(
         }
     ],
 )
+FILES["derivation/layer-podman.json"] = drv(
+    "A podman layer contributes image id and args (not gpus, runtime, executable).",
+    layers=[{"kind": "podman", "image": OCI, "args": ["--read-only"]}],
+)
+FILES["derivation/layer-template.json"] = drv(
+    "A project's ejected wrapper template enters the key after the layer identities, "
+    "by the blake3 of its bytes (spec/drivers.md, \"Templates and the key\").",
+    layers=[
+        {"kind": "podman", "image": OCI, "args": []},
+        {"kind": "template", "layer": "podman", "digest": d(13)},
+    ],
+)
 FILES["derivation/layer-kueue.json"] = drv(
     "A kueue layer contributes only its image id (queue, namespace, resources are placement).",
     layers=[{"image": OCI, "kind": "kueue"}],

@@ -1,0 +1,176 @@
+"""Running one job through a :class:`~qwexstore.jobs.JobDriver`: submit, persist the
+handle, follow, collect; or attach to a job a dead client left running (spec/drivers.md,
+"Lifecycle", "Attach").
+
+Called by build.py with the key held, so at most one client follows a job at a time. The
+handle file ``<scratch>/jobs/<run-id>`` exists from submission until the run is recorded:
+while it exists, ``qwex gc`` keeps the run's derivation closure and run dir, and a build of
+the same key attaches instead of submitting again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+
+import msgspec
+
+from .cache import BuildResult
+from .driver import RunOutcome, RunPlan
+from .errors import QwexError
+from .jobs import JobDriver, JobHandle, delete_handle, follow, save_handle
+from .liveroots import GcLock, LiveRoot, LiveRootFile
+from .record import Run, oserror, record
+from .rundir import RunDir
+from .store import Store
+
+__all__ = [
+    "Detached", "attach", "attach_job", "execute_job", "forget", "submit_and_follow", "tee", "with_broken",
+]
+
+
+class Detached(QwexError):
+    """Not an error: ``--detach`` returned after submission. The job runs on; the run is
+    recorded by whoever attaches (``qwex attach``, or a build of the same key)."""
+
+    exit_code = 0
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.handle = handle
+        super().__init__(
+            f"{handle.name}: submitted run {handle.run_id} (follow it with `qwex attach {handle.run_id}`)"
+        )
+
+
+async def submit_and_follow(
+    driver: JobDriver,
+    rp: RunPlan,
+    store: Store,
+    scratch: str,
+    sink: Callable[[str, bytes], None],
+    *,
+    impure: dict[str, str],
+    detach: bool,
+    on_submitted: Callable[[JobHandle], None] | None = None,
+) -> tuple[JobHandle, RunOutcome | None]:
+    """Submit ``rp`` and follow it to its end; (handle, outcome), outcome None if this
+    client was interrupted (the job is then cancelled, and waited for, before returning).
+    With ``detach``, raises :class:`Detached` right after the handle is saved."""
+    handle = await driver.submit(rp, store)
+    handle = msgspec.structs.replace(handle, impure=impure)
+    save_handle(scratch, handle)
+    if on_submitted is not None:
+        on_submitted(handle)
+    if detach:
+        raise Detached(handle)
+    return handle, await _follow_or_cancel(driver, handle, sink)
+
+
+async def attach_job(
+    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None]
+) -> RunOutcome | None:
+    """Follow a job submitted earlier (its logs again from the start); None if interrupted
+    (the job is cancelled first)."""
+    return await _follow_or_cancel(driver, handle, sink)
+
+
+async def _follow_or_cancel(
+    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None]
+) -> RunOutcome | None:
+    try:
+        return await follow(driver, handle, sink)
+    except asyncio.CancelledError:
+        # Ctrl-C or SIGTERM on an attached client stops the job (--detach never gets here).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(driver.cancel(handle))
+        return None
+
+
+def tee(rd: RunDir, on_log: Callable[[str, bytes], None], broken: list[str]) -> Callable[[str, bytes], None]:
+    """A log sink that writes the run dir's logs and passes chunks on; the first log write
+    that fails is noted in ``broken`` (the run then fails, but goes on to its end)."""
+
+    def sink(stream: str, chunk: bytes) -> None:
+        if not broken:
+            try:
+                rd.write_log(stream, chunk)
+            except OSError as e:
+                broken.append(f"cannot write its {stream} log: {oserror(e)}")
+        on_log(stream, chunk)
+
+    return sink
+
+
+def with_broken(outcome: RunOutcome, broken: list[str]) -> RunOutcome:
+    if broken and outcome.status == "succeeded":
+        return msgspec.structs.replace(outcome, status="failed", message=broken[0])
+    if broken:
+        return msgspec.structs.replace(outcome, message=f"{outcome.message}; {broken[0]}")
+    return outcome
+
+
+async def execute_job(
+    run: Run, job: JobDriver, rp: RunPlan, rd: RunDir, tmp: str, detach: bool,
+    on_submitted: Callable[[JobHandle], None] | None,
+) -> RunOutcome | None:
+    """Submit through a job driver and follow to the end, then collect the outputs into
+    the work dir; None if interrupted (the job was cancelled)."""
+    broken: list[str] = []
+    handle, outcome = await submit_and_follow(
+        job, rp, run.store, tmp, tee(rd, run.on_log, broken), impure=run.impure, detach=detach,
+        on_submitted=on_submitted,
+    )  # fmt: skip
+    return await _collect(run, job, handle, outcome, rd, tmp, broken)
+
+
+async def _collect(
+    run: Run, job: JobDriver, handle: JobHandle, outcome: RunOutcome | None, rd: RunDir, tmp: str,
+    broken: list[str],
+) -> RunOutcome | None:
+    try:
+        if outcome is not None and outcome.status == "succeeded":
+            await job.collect(handle, run.store, rd.work)
+    finally:
+        forget(tmp, handle)  # from here the run is recorded like any other
+        await job.close()
+    return None if outcome is None else with_broken(outcome, broken)
+
+
+async def attach(
+    run: Run, tmp: str, handle: JobHandle, on_submitted: Callable[[JobHandle], None] | None
+) -> BuildResult:
+    """Follow and record a job submitted by an earlier client (dead, or detached)."""
+    job = run.driver
+    assert isinstance(job, JobDriver)
+    run.run_id, run.drv_hash = handle.run_id, handle.drv
+    run.impure, run.started = handle.impure, handle.submitted_ns
+    try:
+        run.rd = RunDir.reopen(tmp, handle.run_id)
+    except FileNotFoundError:
+        run.rd = RunDir(tmp, handle.run_id)  # ssh: the local run dir only receives outputs
+    rd = run.rd
+    with contextlib.suppress(FileNotFoundError):  # the roots file of the dead client
+        os.unlink(os.path.join(tmp, "roots", handle.run_id))
+    live = LiveRootFile.create(tmp, LiveRoot.now(handle.run_id, handle.drv))
+    record_lock = GcLock(tmp, exclusive=False)
+    try:
+        if on_submitted is not None:
+            on_submitted(handle)
+        broken: list[str] = []
+        outcome = await attach_job(job, handle, tee(rd, run.on_log, broken))
+        outcome = await _collect(run, job, handle, outcome, rd, tmp, broken)
+        recording = asyncio.ensure_future(record(run, record_lock, outcome))
+        try:
+            return await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            return await recording
+    finally:
+        record_lock.release()
+        live.release()
+
+
+def forget(scratch: str, handle: JobHandle) -> None:
+    """The run is recorded: the handle goes."""
+    delete_handle(scratch, handle.run_id)
