@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from .errors import ObjectNotFound, StoreError
+from .ssh_connect import ssh_connect
 from .storage_batch import batched_exists, read_upto
 from .storage_retry import describe, retrying
 from .storage_types import Capabilities, ObjectInfo, Versioned, is_ref_path
@@ -72,23 +73,34 @@ async def _lexists(s: Any, path: str) -> bool:
 
 
 class _Conn:
-    def __init__(self, conn: Any, sftp: Any) -> None:
-        self.conn, self.sftp = conn, sftp
+    def __init__(self, conn: Any, sftp: Any, *, owned: bool = True) -> None:
+        self.conn, self.sftp, self.owned = conn, sftp, owned
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.exit()
-            self.conn.close()
-            await self.conn.wait_closed()
+            if self.owned:  # a borrowed connection is closed by its owner
+                self.conn.close()
+                await self.conn.wait_closed()
 
 
 class SftpStorage:
     """Objects under an absolute ``root`` on an SSH host; see the module docstring."""
 
     def __init__(
-        self, host: str, root: str, *, user: str | None = None, port: int | None = None, concurrency: int = 16
+        self,
+        host: str,
+        root: str,
+        *,
+        user: str | None = None,
+        port: int | None = None,
+        concurrency: int = 16,
+        connection: Callable[[], Awaitable[asyncssh.SSHClientConnection]] | None = None,
     ) -> None:
+        """``connection``: borrow the SSH connection it returns (e.g. an ssh transport's)
+        instead of opening one; ``close()`` then ends only this store's SFTP session."""
         self.host, self.user, self.port = host, user, port
+        self._borrow = connection
         self.root = root.rstrip("/") or "/"
         who = f"{user}@" if user else ""
         self.url = f"ssh://{who}{host}{f':{port}' if port else ''}{self.root}"
@@ -119,13 +131,11 @@ class SftpStorage:
         return await asyncio.shield(fut)
 
     async def _connect(self) -> _Conn:
-        kw: dict[str, Any] = {}
-        if self.user:
-            kw["username"] = self.user
-        if self.port:
-            kw["port"] = self.port
+        if self._borrow is not None:
+            borrowed = await self._borrow()
+            return _Conn(borrowed, await borrowed.start_sftp_client(), owned=False)
         try:
-            conn = await asyncio.wait_for(asyncssh.connect(self.host, **kw), timeout=30)
+            conn = await ssh_connect(self.host, user=self.user, port=self.port)
         except asyncssh.HostKeyNotVerifiable as e:
             raise StoreError(
                 f"{self.url}: the host key of {self.host} is not in known_hosts; "

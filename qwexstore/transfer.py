@@ -49,7 +49,7 @@ from .transfer_plan import PHASES, Closure, Item, layers, plan_closure
 if TYPE_CHECKING:
     from .keys import SecretKey, Trust
 
-__all__ = ["TransferProgress", "TransferReport", "fetch_realisation", "pull", "push"]
+__all__ = ["TransferProgress", "TransferReport", "copy_closure", "fetch_realisation", "pull", "push"]
 
 #: Parallel copies when neither storage says how many it wants.
 DEFAULT_CONCURRENCY = 8
@@ -389,6 +389,18 @@ async def push(
             closure = await plan_closure(src, keys)
     async with _gc_held(dst, dry_run):
         return await _transfer(src, dst, closure, keys, progress, dry_run)
+
+
+async def copy_closure(
+    src: Store, dst: Store, closure: Closure, *, progress: TransferProgress | None = None,
+    dry_run: bool = False,
+) -> TransferReport:
+    """Copy a planned closure without realisations (a job closure:
+    :func:`qwexstore.transfer_plan.plan_job_closure`) from ``src`` to ``dst``, by the steps
+    of a push: one batched ``exists``, then the missing objects phase by phase, verified,
+    under ``dst``'s shared gc lock. Errors as :func:`push`."""
+    async with _gc_held(dst, dry_run):
+        return await _transfer(src, dst, closure, [], progress, dry_run)
 
 
 async def pull(

@@ -35,7 +35,10 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .storage import Storage
 
-__all__ = ["PHASES", "Closure", "Item", "all_keys", "keys_at", "layers", "plan_closure", "plan_key"]
+__all__ = [
+    "PHASES", "Closure", "Item", "all_keys", "keys_at", "layers", "plan_closure", "plan_job_closure",
+    "plan_key",
+]
 
 #: Destination write order (MUST): each phase durable before the next starts.
 #: Derivations go before runs (a run names its derivation, and verify checks it); within
@@ -200,6 +203,27 @@ async def plan_closure(
             continue
         _raise_problem(p, untrusted=trust is not None)
     return await _finish(src, store, rec, graph, reals, skipped, untrusted=trust is not None)
+
+
+async def plan_job_closure(src: Store, drv_hash: str) -> Closure:
+    """The job closure of derivation record ``drv_hash`` at ``src`` (spec/drivers.md, "Job
+    closure"): the record, its snapshot record and bundle blobs, its input manifests and
+    every blob they or its ``blob:`` inputs name; what the execution side needs to stage
+    the work dir. Records are read once, as :func:`plan_closure` reads them; no realisation
+    is in it (``reals`` and ``needs`` are empty). UserError for a record with ``drv:``
+    inputs (only a resolved derivation runs); ObjectNotFound, CorruptObject or StoreError
+    naming a missing or damaged object, the source snapshot included (a job cannot be
+    staged without its source)."""
+    rec = _Recording(src.storage)
+    store = Store(cast("Storage", rec), src.location)
+    record = await store.get_derivation(drv_hash)
+    if not record.derivation.is_resolved():
+        raise UserError(f"{record.name}: derivation {drv_hash} has unresolved drv: inputs; "
+                        "only a resolved derivation runs")
+    graph = await walk(store, [Ref("derivation", drv_hash)])
+    for p in graph.problems.values():
+        _raise_problem(p, untrusted=False)
+    return await _finish(src, store, rec, graph, {}, [], untrusted=False)
 
 
 async def _finish(
