@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from podman_image import podman_image  # noqa: F401  (session fixture: real podman + test image)
 from servers import moto_s3, seaweed_s3, sshd  # noqa: F401  (session fixtures: real servers)
+from slurm_server import slurm  # noqa: F401  (session fixture: a real single-node SLURM)
 
 BIN = os.path.dirname(sys.executable)
 QWEX = os.path.join(BIN, "qwex")

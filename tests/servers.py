@@ -36,7 +36,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["S3Server", "SeaweedServer", "SshServer", "free_port", "moto_s3", "seaweed_s3", "sshd"]
+__all__ = [
+    "S3Server", "SeaweedServer", "SshServer", "free_port", "moto_s3", "seaweed_s3", "sshd", "start_sshd",
+]
 
 BIN = os.path.dirname(sys.executable)
 HOST = "127.0.0.1"
@@ -75,12 +77,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise RuntimeError(f"server on port {port} not ready after {timeout}s; log: {log}")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -293,13 +295,15 @@ LogLevel VERBOSE
 """
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+@contextlib.contextmanager
+def start_sshd(base: Path, *, extra_config: str = "", alias: str = SSH_ALIAS) -> Iterator[SshServer]:
+    """Start OpenSSH's sshd on a free loopback port with its keys, home and client config
+    under ``base``; ``extra_config`` is appended to sshd_config (e.g. ``SetEnv`` lines).
+    Skips when sshd is missing."""
     exe = shutil.which("sshd") or "/usr/sbin/sshd"
     keygen = shutil.which("ssh-keygen")
     if not os.path.exists(exe) or keygen is None:
         pytest.skip("sshd missing: apt-get install openssh-server")
-    base = tmp_path_factory.mktemp("sshd")
     home = base / "home"
     ssh_dir = home / ".ssh"
     ssh_dir.mkdir(parents=True)
@@ -316,14 +320,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         _SSHD_CONFIG.format(
             host=HOST, port=port, hostkey=hostkey, pidfile=base / "sshd.pid",
             authorized=f"{userkey}.pub",
-        )
+        ) + extra_config
     )  # fmt: skip
     known = ssh_dir / "known_hosts"
     pub = (base / "host_ed25519.pub").read_text().split()
     known.write_text(f"[{HOST}]:{port} {pub[0]} {pub[1]}\n")
     ssh_config = ssh_dir / "config"
     ssh_config.write_text(
-        f"Host {SSH_ALIAS}\n  HostName {HOST}\n  Port {port}\n  User {user}\n"
+        f"Host {alias}\n  HostName {HOST}\n  Port {port}\n  User {user}\n"
         f"  IdentityFile {userkey}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
     )
     root = base / "remote"
@@ -336,8 +340,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         _wait_port(port, proc, log)
         env = {"HOME": str(home)}
         yield SshServer(
-            HOST, port, user, str(userkey), str(known), str(home), SSH_ALIAS, env, str(root), str(ssh_config),
+            HOST, port, user, str(userkey), str(known), str(home), alias, env, str(root), str(ssh_config),
             proc.pid,
         )  # fmt: skip
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    with start_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

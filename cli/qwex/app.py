@@ -9,7 +9,20 @@ from typing import Annotated
 
 import typer
 
-from . import build_cmd, checkout_cmd, diff_cmd, index_cmd, inspect_cmd, key_cmd, maint_cmd, remote_cmd
+from . import (
+    agent_cmd,
+    build_cmd,
+    checkout_cmd,
+    diff_cmd,
+    doctor_cmd,
+    index_cmd,
+    inspect_cmd,
+    jobs_cmd,
+    key_cmd,
+    maint_cmd,
+    remote_cmd,
+    template_cmd,
+)
 from ._ctx import STATE, UNLIMITED, piped
 
 # Piped help (`qwex ls --help | less`, a script): click's plain formatter at no width
@@ -64,4 +77,10 @@ app.command()(maint_cmd.verify)
 app.command()(maint_cmd.gc)
 app.command()(maint_cmd.pin)
 app.command()(maint_cmd.unpin)
+app.command()(jobs_cmd.runs)
+app.command()(jobs_cmd.attach)
+app.command()(jobs_cmd.cancel)
+app.command()(doctor_cmd.doctor)
+app.add_typer(template_cmd.app, name="template")
+app.add_typer(agent_cmd.app, name="agent", hidden=True)
 

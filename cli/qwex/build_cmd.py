@@ -15,6 +15,7 @@ from qwexstore.plan import Plan, plan_file, plan_parsed
 
 if TYPE_CHECKING:
     from qwexstore.graph import NodeReport
+    from qwexstore.jobs import JobHandle
     from qwexstore.workspace import BuildEvents, LogSink, Workspace
 
 from ._ctx import (
@@ -33,6 +34,15 @@ from .build_view import print_result as _print_result
 Jobs = Annotated[
     int | None,
     typer.Option("--jobs", "-j", min=1, help="Derivations built at once (default: the number of cores)."),
+]
+Detach = Annotated[
+    bool,
+    typer.Option("--detach", help="Return once a runner has the job (print its run id); it runs on. "
+                                  "Follow it with `qwex attach`."),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the script each missing stage would run; run nothing."),
 ]
 KeepGoing = Annotated[
     bool,
@@ -74,10 +84,19 @@ def _events(nodes: list[Plan], as_json: bool) -> BuildEvents:
         def warning(self, message: str) -> None:
             print(f"qwex: warning: {message}", file=sys.stderr)
 
+        def submitted(self, node: Plan, handle: JobHandle) -> None:
+            where = handle.host or "this host"
+            sent = (f" (sent {handle.sent_objects} objects, {handle.sent_bytes} bytes)"
+                    if handle.store else "")
+            print(f"qwex: {node.name}: run {handle.run_id} is job {handle.scheduler_id} on {where}{sent}",
+                  file=sys.stderr)
+
     return Events()
 
 
-def _build(ws: Workspace, plan: Plan, as_json: bool, jobs: int = 1, keep_going: bool = False) -> None:
+def _build(
+    ws: Workspace, plan: Plan, as_json: bool, jobs: int = 1, keep_going: bool = False, detach: bool = False
+) -> None:
     """Answer a hit from the index (no connection), else build through the workspace."""
     hit = ws.lookup(plan)
     if hit is not None:
@@ -87,6 +106,7 @@ def _build(ws: Workspace, plan: Plan, as_json: bool, jobs: int = 1, keep_going: 
     import time
 
     from qwexstore.graph import graph_nodes
+    from qwexstore.jobrun import Detached
 
     from .build_view import summary_lines
 
@@ -96,8 +116,16 @@ def _build(ws: Workspace, plan: Plan, as_json: bool, jobs: int = 1, keep_going: 
     t0 = time.monotonic_ns()
     try:
         result: BuildResult = run_async(
-            lambda: ws.build(plan, events=events, jobs=jobs, keep_going=keep_going, reports=reports)
+            lambda: ws.build(plan, events=events, jobs=jobs, keep_going=keep_going, reports=reports,
+                             detach=detach)
         )
+    except Detached as e:  # not a failure: the job runs on
+        if as_json:
+            h = e.handle
+            emit_json({"detached": True, "run_id": h.run_id, "key": h.key, "name": h.name})
+        else:
+            print(e.handle.run_id)
+        return
     except QwexError as e:
         if as_json:  # scripts learn what failed, and which nodes did build
             emit_json({"error": str(e), "nodes": [_node_json(r) for r in reports.values()]})
@@ -119,6 +147,8 @@ def build(
     keep_going: KeepGoing = False,
     substituter: Substituter = None,
     offline: Offline = False,
+    detach: Detach = False,
+    dry_run: DryRun = False,
     json: Json = False,
 ) -> None:
     """Build a derivation unless its key is already realized; print the key and outputs.
@@ -130,7 +160,22 @@ def build(
     """
     with workspace(create=True, substituters=substituter, offline=offline) as ws:
         plan = ws.plan(drv, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned, runner=runner)
-        _build(ws, plan, json, jobs or _default_jobs(), keep_going)
+        if dry_run:
+            _dry_run(ws, plan, json)
+            return
+        _build(ws, plan, json, jobs or _default_jobs(), keep_going, detach)
+
+
+def _dry_run(ws: Workspace, plan: Plan, as_json: bool) -> None:
+    from qwexstore.dryrun import dry_run
+
+    shown = run_async(lambda: dry_run(ws, plan))
+    if as_json:
+        emit_json({"stages": [{"name": n.name, "script": text} for n, text in shown]})
+    elif not shown:
+        print(f"# {plan.name}: already built; nothing would run", file=sys.stderr)
+    else:
+        print("\n".join(text for _, text in shown), end="")
 
 
 @handles_errors
