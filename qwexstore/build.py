@@ -47,9 +47,9 @@ from .coordinator import Coordinator, FlockCoordinator
 from .derivation import BlobInput, Derivation, TreeInput
 from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
-from .errors import DriverError, StoreError, UserError
+from .errors import Detached, DriverError, StoreError, UserError
 from .index import Index
-from .jobrun import Detached, attach, execute_job, tee, with_broken
+from .jobrun import attach, execute_job, tee, with_broken
 from .jobs import JobDriver, JobHandle, handle_for_key
 from .layers import SshLayer
 from .liveroots import GcLock, LiveRoot, LiveRootFile

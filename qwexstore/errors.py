@@ -21,6 +21,7 @@ anything else escaping is a bug.
     │   └── LeaseLost                       another machine took this key's lease over (fencing)
     ├── BuildFailed                exit 1   the command exited non-zero (exit_code, run_id)
     ├── BuildCancelled             exit 130 interrupted; the job's process group was stopped
+    ├── Detached                   exit 0   not a failure: --detach returned after submission
     └── DriverError                exit 1   the execution backend failed (not the command)
         ├── TransientDriverError            retrying may help (scheduler down, connection lost)
         └── PermanentDriverError            retrying will not help (bad configuration)
@@ -28,10 +29,16 @@ anything else escaping is a bug.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .jobs import JobHandle
+
 __all__ = [
     "BuildCancelled",
     "BuildFailed",
     "CorruptObject",
+    "Detached",
     "DriverError",
     "DrvFileError",
     "KeyLookupError",
@@ -154,6 +161,19 @@ class BuildCancelled(QwexError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"cancelled; run {run_id} recorded as cancelled")
+
+
+class Detached(QwexError):
+    """Not a failure: ``--detach`` returned once the job was submitted, and it runs on.
+    Whoever attaches (``qwex attach``, or a build of the same key) records the run.
+    ``handle`` is the job's :class:`~qwexstore.jobs.JobHandle`."""
+
+    exit_code = 0
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.handle = handle
+        super().__init__(f"{handle.name}: submitted run {handle.run_id} "
+                         f"(follow it with `qwex attach {handle.run_id}`)")
 
 
 class DriverError(QwexError):

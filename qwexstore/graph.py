@@ -22,7 +22,7 @@ import msgspec
 
 from .cache import BuildResult, Realised, lookup
 from .derivation import DrvInput, resolve
-from .errors import BuildCancelled, BuildFailed, UserError
+from .errors import BuildCancelled, BuildFailed, Detached, UserError
 from .index import Index
 from .plan import Plan
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeReport", "graph_nodes", "realize_graph", "try_resolve"]
 
-NodeStatus = Literal["cached", "built", "failed", "skipped", "cancelled"]
+NodeStatus = Literal["cached", "built", "failed", "skipped", "cancelled", "submitted"]
 
 
 class NodeReport(msgspec.Struct):
@@ -134,6 +134,9 @@ async def realize_graph(
         failed = [p.upstreams[d].name for d, r in zip(ups, results, strict=True) if r is None]
         if failed:
             report.message = f"not built: its upstream {failed[0]} did not build"
+            if all(reports[p.upstreams[d].drv_path].status == "submitted"
+                   for d, r in zip(ups, results, strict=True) if r is None):
+                report.message = f"not started: its upstream {failed[0]} is still running (detached)"
             return None
         nonlocal stopped
         try:
@@ -141,6 +144,9 @@ async def realize_graph(
         except asyncio.CancelledError:
             report.status, report.message = "cancelled", "interrupted"
             raise
+        except Detached as e:  # --detach: submitted and running on; its dependants wait
+            report.status, report.message, report.error = "submitted", str(e), e
+            return None
         except Exception as e:  # one node's error, even a bug's, never aborts the others
             report.status = "cancelled" if isinstance(e, BuildCancelled) else "failed"
             report.message, report.error = str(e) or type(e).__name__, e
@@ -196,6 +202,8 @@ def _raise_outcome(plan: Plan, reports: dict[str, NodeReport]) -> BuildResult:
     for r in ended:
         if isinstance(r.error, BuildCancelled):
             raise r.error
+    if ended and all(isinstance(r.error, Detached) for r in ended):
+        raise ended[0].error  # type: ignore[misc]
     if len(ended) == 1 and ended[0].error is not None:
         raise ended[0].error
     names = ", ".join(r.name for r in ended)

@@ -19,7 +19,7 @@ import msgspec
 
 from .cache import BuildResult
 from .driver import RunOutcome, RunPlan
-from .errors import QwexError
+from .errors import Detached
 from .jobs import JobDriver, JobHandle, delete_handle, follow, save_handle
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .record import Run, oserror, record
@@ -29,19 +29,6 @@ from .store import Store
 __all__ = [
     "Detached", "attach", "attach_job", "execute_job", "forget", "submit_and_follow", "tee", "with_broken",
 ]
-
-
-class Detached(QwexError):
-    """Not an error: ``--detach`` returned after submission. The job runs on; the run is
-    recorded by whoever attaches (``qwex attach``, or a build of the same key)."""
-
-    exit_code = 0
-
-    def __init__(self, handle: JobHandle) -> None:
-        self.handle = handle
-        super().__init__(
-            f"{handle.name}: submitted run {handle.run_id} (follow it with `qwex attach {handle.run_id}`)"
-        )
 
 
 async def submit_and_follow(

@@ -105,8 +105,8 @@ def _build(
         return
     import time
 
+    from qwexstore.errors import Detached
     from qwexstore.graph import graph_nodes
-    from qwexstore.jobrun import Detached
 
     from .build_view import summary_lines
 
@@ -119,12 +119,13 @@ def _build(
             lambda: ws.build(plan, events=events, jobs=jobs, keep_going=keep_going, reports=reports,
                              detach=detach)
         )
-    except Detached as e:  # not a failure: the job runs on
+    except Detached as e:  # not a failure: the job runs on (every submitted node's run id)
+        subs = [r.error.handle for r in reports.values() if isinstance(r.error, Detached)] or [e.handle]
         if as_json:
-            h = e.handle
-            emit_json({"detached": True, "run_id": h.run_id, "key": h.key, "name": h.name})
+            emit_json({"detached": True, "runs": [{"run_id": h.run_id, "key": h.key, "name": h.name}
+                                                  for h in subs]})
         else:
-            print(e.handle.run_id)
+            print("\n".join(h.run_id for h in subs))
         return
     except QwexError as e:
         if as_json:  # scripts learn what failed, and which nodes did build

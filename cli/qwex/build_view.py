@@ -106,7 +106,7 @@ def summary_lines(reports: list[NodeReport]) -> list[str]:
         key = r.key[:19] if r.key else "-"
         note = f"  {r.message}" if r.status not in ("built", "cached") and r.message else ""
         lines.append(f"  {r.name:<{width}}  {r.status:<9} {took:>7}  {key}{note}")
-    statuses = ("built", "cached", "failed", "cancelled", "skipped")
+    statuses = ("built", "cached", "submitted", "failed", "cancelled", "skipped")
     counts = {s: sum(r.status == s for r in reports) for s in statuses}
     head = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     return [f"qwex: {len(reports)} derivations: {head}", *lines]
