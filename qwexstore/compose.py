@@ -135,6 +135,13 @@ def compile_job(
     path_word = "" if "PATH" in env else ('"PATH=$PATH" ' if stack.wrapper is None else "")
     if "PATH" not in env and stack.wrapper is not None:
         words.insert(0, f"PATH={CONTAINER_PATH}")
+    if isinstance(stack.wrapper, SingularityLayer) and "PYTHONNOUSERSITE" not in env:
+        words.append("PYTHONNOUSERSITE=1")  # the host's ~/.local must not leak into the image's Python
+    if stack.wrapper is not None:
+        for p in paths:
+            if ":" in p or "," in p:  # -v and --bind split on them
+                raise PermanentDriverError(f"a container cannot mount {p!r}: the path has ':' or ','; "
+                                           "choose a runner root (or store) without them")
     if argv and "=" in argv[0]:  # env would take it for an assignment: exec it through sh
         argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
     inner = ["env", "-i", "--", *words, *argv]

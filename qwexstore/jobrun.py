@@ -117,6 +117,9 @@ async def _collect(
     broken: list[str],
 ) -> RunOutcome | None:
     try:
+        facts = getattr(job, "facts", None)  # optional: impure facts of the execution host
+        if facts is not None and outcome is not None:
+            run.impure.update(await facts(handle))
         if outcome is not None and outcome.status == "succeeded":
             await job.collect(handle, run.store, rd.work)
     finally:

@@ -33,6 +33,16 @@ def _jobs_named(slurm: object, run_id: str) -> int:
     return sum(1 for n in (cp.stdout + live.stdout).split() if n == f"qwex-{run_id}") if names else 0
 
 
+def _wait_idle(slurm: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cp = slurm.run("sinfo", "-h", "-N", "-o", "%T", check=False)  # type: ignore[attr-defined]
+        if cp.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"node not back in service: {cp.stdout!r}")
+
+
 def _repo(git_repo: GitRepo, command: list[str], **kw: object) -> Path:
     git_repo.commit(files={"train.drv": drv_text(command, name="train", **kw),  # type: ignore[arg-type]
                            ".qwex/config.toml": RUNNER})
@@ -118,3 +128,67 @@ def test_client_killed_then_build_attaches_once(env: Qwex, git_repo: GitRepo, sl
 
 def test_python_is_the_same(env: Qwex) -> None:
     assert os.path.exists(PY)
+
+
+STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
+
+
+def test_gpu_facts_from_nvidia_smi_standin_are_impure(env: Qwex, git_repo: GitRepo) -> None:
+    """With an nvidia-smi on the execution host (here a clearly named stand-in), the GPU
+    model and driver are recorded as impure facts; the key does not change."""
+    drv = _repo(git_repo, job("--out", "x=1"))
+    key = env.hash(drv)
+    path = f"{STANDINS}{os.pathsep}{env.env['PATH']}"
+    built = env.build(drv, "--runner", "cluster", cwd=git_repo.path, env={"PATH": path})
+    assert built.key == key
+    impure = env.json("show", built.run_id)["run"]["impure"]
+    assert impure["gpus"] == "NVIDIA A100-SXM4-80GB, 535.104.05; NVIDIA A100-SXM4-80GB, 535.104.05"
+
+
+def test_two_users_one_shared_store_one_sbatch(env: Qwex, git_repo: GitRepo, tmp_path: Path,
+                                               slurm: object) -> None:
+    """Two clients (two QWEX_HOMEs) on one shared store submit the same key: exactly one
+    sbatch; the second waits for the first and gets its result."""
+    shared = tmp_path / "shared-store"
+    other_base = tmp_path / "other"
+    other_base.mkdir()
+    other = Qwex(other_base)
+    other.env.update(slurm.env)  # type: ignore[attr-defined]
+    count = tmp_path / "count"
+    drv = _repo(git_repo, job("--count", str(count), "--sleep", "2", "--out", "z=3"))
+    args = ("--store", str(shared), "build", str(drv), "--runner", "cluster", "--json")
+    procs = [q.popen(*args, cwd=git_repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for q in (env, other)]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        docs.append(json.loads(out))
+    assert docs[0]["key"] == docs[1]["key"] and docs[0]["run_id"] == docs[1]["run_id"]
+    assert count.read_text().count("ran") == 1
+    assert _jobs_named(slurm, docs[0]["run_id"]) == 1
+
+
+def test_scheduler_kill_is_failed_with_its_reason(env: Qwex, git_repo: GitRepo, slurm: object) -> None:
+    """The node fails under the job (scontrol sets it DOWN): SLURM kills the job, which
+    never writes its marker; the run is failed with SLURM's reason, not cancelled."""
+    runner = ('[runners.cluster]\nlayers = [{ kind = "slurm", partition = "debug", '
+              'extra_args = ["--no-requeue"] }]\n')
+    git_repo.commit(files={"train.drv": drv_text(job("--sleep", "60"), name="train"),
+                           ".qwex/config.toml": runner})
+    run_id = env.ok("build", "train.drv", "--runner", "cluster", "--detach", cwd=git_repo.path).stdout.strip()
+    deadline = time.monotonic() + 30
+    while env.json("runs")[0]["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node = ("scontrol", "update", "NodeName=localhost")
+    slurm.run(*node, "State=DOWN", "Reason=qwex-test")  # type: ignore[attr-defined]
+    try:
+        cp = env("attach", run_id)
+    finally:  # back to service for the next tests (it may have returned by itself)
+        slurm.run(*node, "State=RESUME", check=False)  # type: ignore[attr-defined]
+        _wait_idle(slurm)
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr, cp.stderr
+    line = cp.stderr.strip().splitlines()[-1]
+    assert line.startswith("qwex: error:") and run_id in line and "NODE_FAIL" in line, line
+    run = env.json("show", run_id)["run"]
+    assert run["status"] == "failed" and "NODE_FAIL" in run["message"], run

@@ -213,6 +213,13 @@ class StackDriver:
         except msgspec.DecodeError:
             return None  # not a marker qwex wrote: treated as none (the job failed)
 
+    async def facts(self, handle: JobHandle) -> dict[str, str]:
+        """Impure facts the job script found on the execution host: ``gpus`` (name and
+        driver version per GPU, from nvidia-smi), when it has any."""
+        data = await self._transport(split_stack(handle.layers)).read(f"{handle.job_dir}/gpus", 0, 1 << 16)
+        text = (data or b"").decode(errors="replace").strip()
+        return {"gpus": "; ".join(line.strip() for line in text.splitlines())} if text else {}
+
     async def read_log(self, handle: JobHandle, stream: str, offset: int) -> bytes:
         data = await self._transport(split_stack(handle.layers)).read(f"{handle.job_dir}/{stream}", offset)
         return data or b""
