@@ -49,8 +49,8 @@ from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import Detached, DriverError, StoreError, UserError
 from .index import Index
-from .jobrun import attach, execute_job, tee, with_broken
-from .jobs import JobDriver, JobHandle, handle_for_key
+from .jobrun import JobHooks, attach, execute_job, tee, with_broken
+from .jobs import JobDriver, handle_for_key
 from .layers import SshLayer
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .manifest import FileEntry, Manifest
@@ -211,7 +211,7 @@ async def realize(
     signer: SecretKey | None = None,
     scratch: str | None = None,
     detach: bool = False,
-    on_submitted: Callable[[JobHandle], None] | None = None,
+    hooks: JobHooks | None = None,
 ) -> BuildResult:
     """Build ``plan`` unless its key is realized; one execution per key at a time.
 
@@ -244,8 +244,8 @@ async def realize(
         if isinstance(drv, JobDriver):
             inflight = handle_for_key(tmp, key)
             if inflight is not None:  # a job a dead (or detached) client left running
-                return await attach(run, tmp, inflight, on_submitted)
-        return await _run(run, tmp, detach=detach, on_submitted=on_submitted)
+                return await attach(run, tmp, inflight, hooks)
+        return await _run(run, tmp, detach=detach, hooks=hooks)
 
 
 @contextlib.contextmanager
@@ -259,7 +259,7 @@ def _full_disk_is_a_store_error(name: str) -> Iterator[None]:
 
 
 async def _run(
-    run: Run, tmp: str, *, detach: bool = False, on_submitted: Callable[[JobHandle], None] | None = None
+    run: Run, tmp: str, *, detach: bool = False, hooks: JobHooks | None = None
 ) -> BuildResult:
     """Prepare, execute and record one run (``run`` arrives with its run id and work dir
     unset). The caller holds the key.
@@ -283,14 +283,14 @@ async def _run(
         record_lock = GcLock(tmp, exclusive=False)
         try:
             run.rd = RunDir(tmp, run_id)
-            return await _execute_and_record(run, record_lock, tmp, detach, on_submitted)
+            return await _execute_and_record(run, record_lock, tmp, detach, hooks)
         finally:
             record_lock.release()
             live.release()  # after the work dir is gone: gc removes a work dir with no live root
 
 
 async def _execute_and_record(
-    run: Run, record_lock: GcLock, tmp: str, detach: bool, on_submitted: Callable[[JobHandle], None] | None
+    run: Run, record_lock: GcLock, tmp: str, detach: bool, hooks: JobHooks | None
 ) -> BuildResult:
     """Stage the work dir (unless the execution side stages it: ssh), run the job with no
     gc lock held, then take ``record_lock`` and record the outcome."""
@@ -323,7 +323,7 @@ async def _execute_and_record(
     run.started = time.time_ns()
     try:
         if job is not None:
-            outcome = await execute_job(run, job, rp, rd, tmp, detach, on_submitted)
+            outcome = await execute_job(run, job, rp, rd, tmp, detach, hooks)
         else:
             outcome = await _execute(run.driver, rp, rd, run.on_log)
     except Detached:

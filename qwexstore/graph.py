@@ -188,6 +188,9 @@ async def realize_graph(
         for r in reports.values():  # interrupted: say which runs were recorded as cancelled
             if isinstance(r.error, BuildCancelled):
                 raise r.error from None
+        for r in reports.values():  # ... or which jobs the user chose to leave running
+            if isinstance(r.error, Detached):
+                raise r.error from None
         raise
     root = tasks[plan.drv_path].result()
     if root is not None:

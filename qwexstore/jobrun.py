@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgspec
 
@@ -27,8 +28,19 @@ from .rundir import RunDir
 from .store import Store
 
 __all__ = [
-    "Detached", "attach", "attach_job", "execute_job", "forget", "submit_and_follow", "tee", "with_broken",
+    "JobHooks", "attach", "attach_job", "execute_job", "forget", "submit_and_follow", "tee", "with_broken",
 ]
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """What a build tells its caller about a job, and asks it: ``submitted(handle)`` once
+    the job is submitted or attached to; ``keep_running(handle)`` when the client is
+    interrupted while following it: True leaves the job running (as --detach would),
+    False or no hook cancels it."""
+
+    submitted: Callable[[JobHandle], None] | None = None
+    keep_running: Callable[[JobHandle], bool] | None = None
 
 
 async def submit_and_follow(
@@ -40,7 +52,7 @@ async def submit_and_follow(
     *,
     impure: dict[str, str],
     detach: bool,
-    on_submitted: Callable[[JobHandle], None] | None = None,
+    hooks: JobHooks | None = None,
 ) -> tuple[JobHandle, RunOutcome | None]:
     """Submit ``rp`` and follow it to its end; (handle, outcome), outcome None if this
     client was interrupted (the job is then cancelled, and waited for, before returning).
@@ -48,28 +60,34 @@ async def submit_and_follow(
     handle = await driver.submit(rp, store)
     handle = msgspec.structs.replace(handle, impure=impure)
     save_handle(scratch, handle)
-    if on_submitted is not None:
-        on_submitted(handle)
+    hooks = hooks or JobHooks()
+    if hooks.submitted is not None:
+        hooks.submitted(handle)
     if detach:
         raise Detached(handle)
-    return handle, await _follow_or_cancel(driver, handle, sink)
+    return handle, await _follow_or_cancel(driver, handle, sink, hooks.keep_running)
 
 
 async def attach_job(
-    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None]
+    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None],
+    keep_running: Callable[[JobHandle], bool] | None = None,
 ) -> RunOutcome | None:
     """Follow a job submitted earlier (its logs again from the start); None if interrupted
-    (the job is cancelled first)."""
-    return await _follow_or_cancel(driver, handle, sink)
+    (the job is cancelled first, unless ``keep_running`` says otherwise: Detached)."""
+    return await _follow_or_cancel(driver, handle, sink, keep_running)
 
 
 async def _follow_or_cancel(
-    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None]
+    driver: JobDriver, handle: JobHandle, sink: Callable[[str, bytes], None],
+    keep_running: Callable[[JobHandle], bool] | None = None,
 ) -> RunOutcome | None:
     try:
         return await follow(driver, handle, sink)
     except asyncio.CancelledError:
-        # Ctrl-C or SIGTERM on an attached client stops the job (--detach never gets here).
+        # Ctrl-C or SIGTERM on an attached client: the caller is asked (a terminal: the
+        # user); by default the job is stopped. Kept running, it is like --detach.
+        if keep_running is not None and keep_running(handle):
+            raise Detached(handle) from None
         with contextlib.suppress(Exception):
             await asyncio.shield(driver.cancel(handle))
         return None
@@ -99,15 +117,14 @@ def with_broken(outcome: RunOutcome, broken: list[str]) -> RunOutcome:
 
 
 async def execute_job(
-    run: Run, job: JobDriver, rp: RunPlan, rd: RunDir, tmp: str, detach: bool,
-    on_submitted: Callable[[JobHandle], None] | None,
+    run: Run, job: JobDriver, rp: RunPlan, rd: RunDir, tmp: str, detach: bool, hooks: JobHooks | None,
 ) -> RunOutcome | None:
     """Submit through a job driver and follow to the end, then collect the outputs into
     the work dir; None if interrupted (the job was cancelled)."""
     broken: list[str] = []
     handle, outcome = await submit_and_follow(
         job, rp, run.store, tmp, tee(rd, run.on_log, broken), impure=run.impure, detach=detach,
-        on_submitted=on_submitted,
+        hooks=hooks,
     )  # fmt: skip
     return await _collect(run, job, handle, outcome, rd, tmp, broken)
 
@@ -121,16 +138,16 @@ async def _collect(
         if facts is not None and outcome is not None:
             run.impure.update(await facts(handle))
         if outcome is not None and outcome.status == "succeeded":
+            # A failure here (the connection lost) keeps the handle: building the key
+            # again attaches, finds the job ended, and collects again.
             await job.collect(handle, run.store, rd.work)
-    finally:
         forget(tmp, handle)  # from here the run is recorded like any other
+    finally:
         await job.close()
     return None if outcome is None else with_broken(outcome, broken)
 
 
-async def attach(
-    run: Run, tmp: str, handle: JobHandle, on_submitted: Callable[[JobHandle], None] | None
-) -> BuildResult:
+async def attach(run: Run, tmp: str, handle: JobHandle, hooks: JobHooks | None) -> BuildResult:
     """Follow and record a job submitted by an earlier client (dead, or detached)."""
     job = run.driver
     assert isinstance(job, JobDriver)
@@ -146,10 +163,11 @@ async def attach(
     live = LiveRootFile.create(tmp, LiveRoot.now(handle.run_id, handle.drv))
     record_lock = GcLock(tmp, exclusive=False)
     try:
-        if on_submitted is not None:
-            on_submitted(handle)
+        hooks = hooks or JobHooks()
+        if hooks.submitted is not None:
+            hooks.submitted(handle)
         broken: list[str] = []
-        outcome = await attach_job(job, handle, tee(rd, run.on_log, broken))
+        outcome = await attach_job(job, handle, tee(rd, run.on_log, broken), hooks.keep_running)
         outcome = await _collect(run, job, handle, outcome, rd, tmp, broken)
         recording = asyncio.ensure_future(record(run, record_lock, outcome))
         try:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
     from .driver import Driver
     from .graph import NodeReport
+    from .jobrun import JobHooks
     from .jobs import JobHandle
     from .keys import SecretKey
     from .reindex import RebuildReport
@@ -96,6 +97,16 @@ class BuildEvents:
     def submitted(self, node: Plan, handle: JobHandle) -> None:
         """``node``'s job was submitted (or attached to: a job an earlier client left
         running) through a job driver; ``handle`` says where it runs."""
+
+    def keep_running(self, node: Plan, handle: JobHandle) -> bool:
+        """The build was interrupted while following ``node``'s job: True leaves the job
+        running (it can be attached to later), False (the default) cancels it."""
+        return False
+
+    def job_hooks(self, node: Plan) -> JobHooks:
+        from .jobrun import JobHooks
+
+        return JobHooks(lambda h: self.submitted(node, h), lambda h: self.keep_running(node, h))
 
 
 class Workspace:

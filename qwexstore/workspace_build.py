@@ -84,7 +84,7 @@ async def build(
                 store, index, node, on_log=sink, on_wait=lambda owner: events.waiting(node, owner),
                 progress=events.progress, driver=driver, environ=environ, coordinator=coordinator,
                 signer=signer, scratch=ws.scratch, detach=detach,
-                on_submitted=lambda handle: events.submitted(node, handle),
+                hooks=events.job_hooks(node),
             )
         finally:
             sink.close()

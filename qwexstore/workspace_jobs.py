@@ -95,7 +95,7 @@ async def attach(ws: Workspace, handle: JobHandle, events: BuildEvents) -> Build
         return await realize(
             store, ws.index, plan, on_log=sink, on_wait=lambda owner: events.waiting(plan, owner),
             progress=events.progress, coordinator=ws.coordinator(store), signer=ws.signing_key(),
-            scratch=ws.scratch, on_submitted=lambda h: events.submitted(plan, h),
+            scratch=ws.scratch, hooks=events.job_hooks(plan),
         )  # fmt: skip
     finally:
         sink.close()

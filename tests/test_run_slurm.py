@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PY, GitRepo, Qwex, drv_text, job, parse_build
+from conftest import BIN, PY, GitRepo, Qwex, drv_text, job, parse_build
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
@@ -192,3 +192,58 @@ def test_scheduler_kill_is_failed_with_its_reason(env: Qwex, git_repo: GitRepo, 
     assert line.startswith("qwex: error:") and run_id in line and "NODE_FAIL" in line, line
     run = env.json("show", run_id)["run"]
     assert run["status"] == "failed" and "NODE_FAIL" in run["message"], run
+
+
+def _pty_run(qwex: Qwex, args: list[str], cwd: Path) -> tuple[int, int]:
+    """Start qwex on a new pseudo-terminal (its controlling terminal); (pid, master fd)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec qwex with the test's environment
+        os.chdir(cwd)
+        os.execve(os.path.join(BIN, "qwex"), ["qwex", *args], qwex.env)
+    return pid, fd
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} never came; got {seen!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("answer", [b"n", b"y"])
+def test_ctrl_c_on_a_terminal_asks_whether_to_cancel(env: Qwex, git_repo: GitRepo, answer: bytes) -> None:
+    drv = _repo(git_repo, job("--print", "started", "--sleep", "4", "--out", "w=1"))
+    pid, fd = _pty_run(env, ["build", str(drv), "--runner", "cluster"], git_repo.path)
+    try:
+        _read_until(fd, b"started")
+        os.write(fd, b"\x03")  # Ctrl-C, delivered by the terminal as SIGINT
+        _read_until(fd, b"[Y/n]")
+        os.write(fd, answer + b"\n")
+        _read_until(fd, b"left running" if answer == b"n" else b"cancelled")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    rows = env.json("runs")
+    if answer == b"n":
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(rows) == 1 and rows[0]["state"] in ("pending", "running")
+        built = parse_build(env.ok("attach", rows[0]["run_id"]).stdout)
+        assert built.run_id == rows[0]["run_id"] and not built.cached
+    else:
+        assert os.waitstatus_to_exitcode(status) == 130
+        assert rows == []
+        assert env.json("ls")[0]["status"] == "cancelled"

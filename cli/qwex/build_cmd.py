@@ -84,6 +84,9 @@ def _events(nodes: list[Plan], as_json: bool) -> BuildEvents:
         def warning(self, message: str) -> None:
             print(f"qwex: warning: {message}", file=sys.stderr)
 
+        def keep_running(self, node: Plan, handle: JobHandle) -> bool:
+            return ask_keep_running(handle)
+
         def submitted(self, node: Plan, handle: JobHandle) -> None:
             where = handle.host or "this host"
             sent = (f" (sent {handle.sent_objects} objects, {handle.sent_bytes} bytes)"
@@ -92,6 +95,25 @@ def _events(nodes: list[Plan], as_json: bool) -> BuildEvents:
                   file=sys.stderr)
 
     return Events()
+
+
+def ask_keep_running(handle: JobHandle) -> bool:
+    """Interrupted while following a job: on a terminal, ask whether to cancel it (the
+    default); without one (a script, SIGTERM from a supervisor), cancel."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    where = handle.host or "this host"
+    print(f"\nqwex: cancel run {handle.run_id} (job {handle.scheduler_id} on {where})? [Y/n] ",
+          end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except (OSError, KeyboardInterrupt):
+        return False
+    if answer in ("n", "no"):
+        print(f"qwex: left run {handle.run_id} running; `qwex attach {handle.run_id}` follows it",
+              file=sys.stderr)
+        return True
+    return False
 
 
 def _build(

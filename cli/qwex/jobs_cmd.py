@@ -86,7 +86,12 @@ def attach(ref: Ref, json: Json = False) -> None:
         finally:
             await ws.disconnect()
 
-    result = run_async(go)
+    from qwexstore.errors import Detached
+
+    try:
+        result = run_async(go)
+    except Detached:  # interrupted, and the user chose to leave the job running
+        return
     print_result(result, json, None)
 
 
