@@ -49,8 +49,8 @@ from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import Detached, DriverError, StoreError, UserError
 from .index import Index
-from .jobrun import JobHooks, attach, execute_job, tee, with_broken
-from .jobs import JobDriver, handle_for_key
+from .jobrun import JobHooks, attach, execute_job, forget, tee, with_broken
+from .jobs import JobDriver, delete_handle, handle_for_key, load_handle
 from .layers import SshLayer
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .manifest import FileEntry, Manifest
@@ -233,6 +233,7 @@ async def realize(
         async with GcLock(tmp, exclusive=False):  # gc must not remove what is being indexed
             real = await store.get_realisation(key)
             if real is not None:  # built meanwhile, or the index lags the store
+                delete_handle(tmp, real.run_id)  # a client killed after recording left it
                 manifest = await store.get_manifest(real.manifest)
                 result = result_of(key, True, real.run_id, real.manifest, manifest)
                 with index.writer() as w:
@@ -244,6 +245,8 @@ async def realize(
         if isinstance(drv, JobDriver):
             inflight = handle_for_key(tmp, key)
             if inflight is not None:  # a job a dead (or detached) client left running
+                if detach:
+                    raise Detached(inflight)  # already submitted: nothing to wait for
                 return await attach(run, tmp, inflight, hooks)
         return await _run(run, tmp, detach=detach, hooks=hooks)
 
@@ -315,9 +318,10 @@ async def _execute_and_record(
         argv=plan.derivation.command,
         env=env,
         layers=plan.layers,
-        image=plan.derivation.env.image,
+        image=plan.image_ref,
         drv=run.drv_hash,
         project_root=plan.repo.root if plan.repo is not None else None,
+        runner=plan.runner,
         passed=list(plan.drvfile.env.pass_),
     )
     run.started = time.time_ns()
@@ -330,7 +334,10 @@ async def _execute_and_record(
         rd.close()  # the job goes on in it; gc keeps it while the handle exists
         raise
     except DriverError:
-        rd.remove()  # the backend failed, not the command: no run
+        if job is not None and load_handle(tmp, run.run_id) is not None:
+            rd.close()  # submitted: the job may run on in it; a rebuild attaches
+        else:
+            rd.remove()  # the backend failed, not the command: no run
         raise
     # The job has ended: record it even if interrupted now (Ctrl-C while outputs are being
     # hashed must not throw a finished run away), then let the interruption proceed.
@@ -339,6 +346,9 @@ async def _execute_and_record(
         return await asyncio.shield(recording)
     except asyncio.CancelledError:
         return await recording
+    finally:
+        if job is not None and recording.done():
+            forget(tmp, run.run_id)  # recorded (or the store refused it): the job is done with
 
 
 async def _execute(

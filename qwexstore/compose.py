@@ -94,7 +94,7 @@ def split_stack(layers: Sequence[Layer]) -> Stack:
 def is_secret(name: str) -> bool:
     """Whether an environment variable's value is masked in shown scripts."""
     upper = name.upper()
-    return any(w in upper for w in _SECRET_WORDS)
+    return not upper.startswith("QWEX_") and any(w in upper for w in _SECRET_WORDS)
 
 
 def mask_env(env: Mapping[str, str], passed: Sequence[str]) -> dict[str, str]:
@@ -146,7 +146,8 @@ def compile_job(
         argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
     inner = ["env", "-i", "--", *words, *argv]
     if stack.wrapper is not None:
-        ctx = {**base, "layer": stack.wrapper, "image": image or stack.wrapper.image, "command": inner}
+        # The layer's own reference (digest-pinned; its id is in the key), not env.image's id.
+        ctx = {**base, "layer": stack.wrapper, "image": stack.wrapper.image, "command": inner}
         run = render(_kind(stack.wrapper), ctx, project_root).strip()
         env_note = "set inside the container"
     else:
@@ -164,7 +165,8 @@ def compile_job(
         return Compiled(submit, submit)
     t = stack.transport
     target = f"{t.user + '@' if t.user else ''}{t.host}{':' + str(t.port) if t.port else ''}"
-    shown = render("ssh", {**base, "layer": t, "target": target, "ssh_args": list(ssh_args) or [t.host],
+    default_args = [*(["-l", t.user] if t.user else []), *(["-p", str(t.port)] if t.port else []), t.host]
+    shown = render("ssh", {**base, "layer": t, "target": target, "ssh_args": list(ssh_args) or default_args,
                            "inner": submit, "eof": _eof(submit)}, project_root)
     return Compiled(submit, shown)
 

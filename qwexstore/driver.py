@@ -124,6 +124,7 @@ def preflight(plan: Plan, index: Index | None = None, realised: Realised | None 
                 "layers[0].kind",
             )
         if name != "local":
+            _check_stack(node)
             continue
         for i, layer in enumerate(node.layers):
             if not isinstance(layer, LocalLayer):
@@ -140,6 +141,17 @@ def preflight(plan: Plan, index: Index | None = None, realised: Realised | None 
                 "add a container layer (singularity) to run in the image",
                 "env.image",
             )
+
+
+def _check_stack(node: Plan) -> None:
+    """A stack the stack driver cannot compose (roles out of order, twice) is refused
+    before anything starts, naming the .drv file (exit 2), not after submission."""
+    from .compose import split_stack
+
+    try:
+        split_stack(node.layers)
+    except PermanentDriverError as e:
+        raise DrvFileError(node.drv_path, str(e), "layers") from None
 
 
 def _realized(node: Plan, index: Index, realised: Realised) -> bool:

@@ -20,10 +20,20 @@ from typing import Final
 from .digest import hash_file
 from .errors import DrvFileError, UserError
 
-__all__ = ["image_id"]
+__all__ = ["image_id", "local_image_path"]
 
 _PINNED: Final = re.compile(r"^(?:docker://)?[^@\s]+@sha256:(?P<hex>[0-9a-f]{64})$")
 _FILE_SUFFIXES: Final = (".sif", ".simg", ".img", ".tar", ".oci")
+
+
+def local_image_path(ref: str, base_dir: str) -> str | None:
+    """The absolute path of a local image file reference (relative to ``base_dir``, the
+    .drv file's directory), or None for a registry reference. A container layer runs the
+    image from there, whatever the job's working directory."""
+    path = ref.removeprefix("file:")
+    if ref.startswith("file:") or path.startswith(("/", "./", "../")) or path.endswith(_FILE_SUFFIXES):
+        return os.path.normpath(os.path.join(base_dir, path))
+    return None
 
 
 def image_id(ref: str, base_dir: str, *, allow_unpinned: bool, where: str, file: str | None = None) -> str:

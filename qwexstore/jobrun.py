@@ -21,7 +21,7 @@ import msgspec
 from .cache import BuildResult
 from .driver import RunOutcome, RunPlan
 from .errors import Detached
-from .jobs import JobDriver, JobHandle, delete_handle, follow, save_handle
+from .jobs import LIVE, JobDriver, JobHandle, JobStatus, delete_handle, follow, save_handle
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .record import Run, oserror, record
 from .rundir import RunDir
@@ -89,8 +89,23 @@ async def _follow_or_cancel(
         if keep_running is not None and keep_running(handle):
             raise Detached(handle) from None
         with contextlib.suppress(Exception):
-            await asyncio.shield(driver.cancel(handle))
+            await asyncio.shield(_cancel_and_wait(driver, handle))
         return None
+
+
+async def _cancel_and_wait(driver: JobDriver, handle: JobHandle, timeout: float = 60.0) -> None:
+    """Cancel, then wait (up to ``timeout``) until the scheduler no longer runs the job:
+    ``scancel`` returns before the job has stopped, and the run is recorded (its run dir
+    removed) only once it has."""
+    await driver.cancel(handle)
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + timeout, 0.1
+    while loop.time() < deadline:
+        st = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
+        if st.state not in LIVE:
+            return
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 1.5)
 
 
 def tee(rd: RunDir, on_log: Callable[[str, bytes], None], broken: list[str]) -> Callable[[str, bytes], None]:
@@ -141,7 +156,6 @@ async def _collect(
             # A failure here (the connection lost) keeps the handle: building the key
             # again attaches, finds the job ended, and collects again.
             await job.collect(handle, run.store, rd.work)
-        forget(tmp, handle)  # from here the run is recorded like any other
     finally:
         await job.close()
     return None if outcome is None else with_broken(outcome, broken)
@@ -174,11 +188,15 @@ async def attach(run: Run, tmp: str, handle: JobHandle, hooks: JobHooks | None) 
             return await asyncio.shield(recording)
         except asyncio.CancelledError:
             return await recording
+        finally:
+            if recording.done():
+                forget(tmp, handle.run_id)  # recorded: the handle goes only now
     finally:
         record_lock.release()
         live.release()
 
 
-def forget(scratch: str, handle: JobHandle) -> None:
-    """The run is recorded: the handle goes."""
-    delete_handle(scratch, handle.run_id)
+def forget(scratch: str, run_id: str) -> None:
+    """The run is recorded: the handle goes (only now: a client killed before this leaves
+    the handle, and a rebuild attaches, finds the job ended, and records it)."""
+    delete_handle(scratch, run_id)

@@ -19,7 +19,7 @@ from .digest import is_digest
 from .drvfile import DrvFile, parse_drv_file
 from .errors import DrvFileError, SourceError, UserError
 from .globs import Selector
-from .image import image_id
+from .image import image_id, local_image_path
 from .index import Index
 from .layers import (
     KueueIdentity,
@@ -37,7 +37,10 @@ from .script import template_identities
 from .source import Repo, SourceTree, find_repo
 from .tree import hash_entries, scan
 
-__all__ = ["FileInput", "Plan", "plan_file"]
+__all__ = ["QWEX_DIR", "FileInput", "Plan", "plan_file"]
+
+#: The project's qwex directory, excluded from every source selection.
+QWEX_DIR = ".qwex"
 
 
 class FileInput(msgspec.Struct):
@@ -66,6 +69,7 @@ class Plan(msgspec.Struct):
     file_inputs: list[FileInput]
     dirty_snapshot: bool
     upstreams: dict[str, Plan] = msgspec.field(default_factory=dict)
+    runner: str | None = None  # the named runner whose placement was applied
 
     @property
     def key(self) -> str:
@@ -128,6 +132,16 @@ def _layer_identity(
             image=image_id(layer.image, base, allow_unpinned=allow_unpinned, where=where, file=drv_path)
         )
     return None
+
+
+def _absolute_image(layer: Layer, base: str) -> Layer:
+    """A container layer whose image is a local file names it by absolute path (the key
+    has its content id already), so it is found from any working directory."""
+    if isinstance(layer, PodmanLayer | SingularityLayer):
+        path = local_image_path(layer.image, base)
+        if path is not None:
+            return msgspec.structs.replace(layer, image=path)
+    return layer
 
 
 def _file_input(dest: str, path: str, index: Index | None, drv_path: str) -> FileInput:
@@ -200,7 +214,14 @@ def plan_parsed(
     runner: str | None,
     _stack: tuple[str, ...] = (),
 ) -> Plan:
-    """Plan an already-parsed derivation file whose relative paths start at ``base``."""
+    """Plan an already-parsed derivation file whose relative paths start at ``base``.
+
+    ``.qwex/`` (runner config, ejected templates) is qwex's own and never source: editing
+    a runner's placement must not change keys (an ejected container template enters the
+    key by itself, as a TemplateIdentity)."""
+    if QWEX_DIR not in df.source.exclude:
+        df = msgspec.structs.replace(df, source=msgspec.structs.replace(
+            df.source, exclude=[*df.source.exclude, QWEX_DIR]))
     # Source
     root = find_repo(os.path.join(base, df.source.repo) if df.source.repo else base)
     repo = Repo(root)
@@ -251,6 +272,7 @@ def plan_parsed(
         if (x := _layer_identity(layer, base, allow_unpinned, i, drv_path)) is not None
     ]
     idents += template_identities(root, layers)
+    layers = [_absolute_image(x, base) for x in layers]
 
     # Inputs
     inputs: dict[str, Input] = {}
@@ -302,4 +324,5 @@ def plan_parsed(
         file_inputs=file_inputs,
         dirty_snapshot=dirty_snapshot,
         upstreams=upstreams,
+        runner=runner,
     )

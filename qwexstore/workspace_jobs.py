@@ -48,22 +48,24 @@ def find_job(ws: Workspace, ref: str) -> JobHandle:
     return found[0]
 
 
-async def statuses(ws: Workspace) -> list[tuple[JobHandle, JobStatus]]:
+async def statuses(ws: Workspace, driver: JobDriver | None = None) -> list[tuple[JobHandle, JobStatus]]:
     """Every job in flight with its scheduler state: one query per execution host and
-    scheduler. A host that cannot be reached gives ``unknown`` with the error as reason."""
+    scheduler. A host that cannot be reached gives ``unknown`` with the error as reason.
+    ``driver`` replaces the registered one (tests: a fake)."""
     handles = list_handles(ws.scratch)
     groups: dict[tuple[str, ...], list[JobHandle]] = {}
     for h in handles:
         groups.setdefault((h.host, *(str(type(x).__struct_config__.tag) for x in h.layers)), []).append(h)
     out: dict[str, JobStatus] = {}
     for group in groups.values():
-        drv = job_driver(group[0])
+        drv = driver or job_driver(group[0])
         try:
             out.update(await drv.status(group))
         except DriverError as e:
             out.update({h.run_id: JobStatus("unknown", str(e)) for h in group})
         finally:
-            await drv.close()
+            if driver is None:
+                await drv.close()
     return [(h, out.get(h.run_id, JobStatus("unknown"))) for h in handles]
 
 
@@ -83,7 +85,9 @@ async def plan_of(ws: Workspace, handle: JobHandle) -> Plan:
     )  # fmt: skip
 
 
-async def attach(ws: Workspace, handle: JobHandle, events: BuildEvents) -> BuildResult:
+async def attach(
+    ws: Workspace, handle: JobHandle, events: BuildEvents, driver: JobDriver | None = None
+) -> BuildResult:
     """Follow ``handle``'s job to its end and record it (waits while another client holds
     its key: that one records it, and this returns its result)."""
     from .build import realize
@@ -94,23 +98,26 @@ async def attach(ws: Workspace, handle: JobHandle, events: BuildEvents) -> Build
     try:
         return await realize(
             store, ws.index, plan, on_log=sink, on_wait=lambda owner: events.waiting(plan, owner),
-            progress=events.progress, coordinator=ws.coordinator(store), signer=ws.signing_key(),
-            scratch=ws.scratch, hooks=events.job_hooks(plan),
+            progress=events.progress, driver=driver, coordinator=ws.coordinator(store),
+            signer=ws.signing_key(), scratch=ws.scratch, hooks=events.job_hooks(plan),
         )  # fmt: skip
     finally:
         sink.close()
 
 
-async def cancel(ws: Workspace, handle: JobHandle, events: BuildEvents) -> str:
+async def cancel(
+    ws: Workspace, handle: JobHandle, events: BuildEvents, driver: JobDriver | None = None
+) -> str:
     """Stop ``handle``'s job (scancel, its process group, its container) and record the
     run as cancelled; return the run id. Idempotent: a job already ended is recorded as
     it ended."""
-    drv = job_driver(handle)
+    drv = driver or job_driver(handle)
     try:
         await drv.cancel(handle)
     finally:
-        await drv.close()
+        if driver is None:
+            await drv.close()
     with contextlib.suppress(BuildCancelled):
-        await attach(ws, handle, events)
+        await attach(ws, handle, events, driver)
     return handle.run_id
 

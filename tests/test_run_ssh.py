@@ -17,23 +17,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, GitRepo, Qwex, drv_text, job, parse_build
+from conftest import BIN, GitRepo, Qwex, drv_text, job, make_repo, parse_build
 from servers import SshServer, free_port, start_sshd
 
 
 @pytest.fixture(scope="module")
 def login(tmp_path_factory: pytest.TempPathFactory, slurm: object) -> Iterator[SshServer]:
-    """An sshd whose sessions see SLURM_CONF (sshd_config SetEnv), alias ``qwex-login``."""
+    """An sshd whose sessions see SLURM_CONF and a PATH with this venv's python first
+    (sshd_config SetEnv, as a cluster's login environment would), alias ``qwex-login``."""
     conf = slurm.env["SLURM_CONF"]  # type: ignore[attr-defined]
-    with start_sshd(tmp_path_factory.mktemp("login"), extra_config=f"SetEnv SLURM_CONF={conf}\n",
-                    alias="qwex-login") as server:
+    setenv = f"SetEnv SLURM_CONF={conf} PATH={BIN}:/usr/local/bin:/usr/bin:/bin\n"
+    with start_sshd(tmp_path_factory.mktemp("login"), extra_config=setenv, alias="qwex-login") as server:
         yield server
 
 
-def _config(root: Path, *, host: str = "qwex-login", qwex: str = os.path.join(BIN, "qwex")) -> str:
+def _config(root: Path, *, host: str = "qwex-login", qwex: str = os.path.join(BIN, "qwex"),
+            slurm_args: str = "[]") -> str:
     ssh = f'{{ kind = "ssh", host = "{host}", root = "{root}", qwex = "{qwex}" }}'
-    return (f"[runners.remote]\nlayers = [{ssh}]\n"
-            f'[runners.cluster]\nlayers = [{ssh}, {{ kind = "slurm", partition = "debug" }}]\n')
+    slurm = f'{{ kind = "slurm", partition = "debug", extra_args = {slurm_args} }}'
+    return f"[runners.remote]\nlayers = [{ssh}]\n[runners.cluster]\nlayers = [{ssh}, {slurm}]\n"
 
 
 @pytest.fixture
@@ -143,3 +145,43 @@ def test_doctor(env: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
     cp = env("doctor", "remote", cwd=git_repo.path)
     assert cp.returncode == 1 and "Traceback" not in cp.stderr
     assert "MISSING qwex" in cp.stdout and "pip install" in cp.stdout
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_bundled_three_stage_example_on_ssh_to_slurm(env: Qwex, tmp_path: Path) -> None:
+    """examples/digits (prepare → train → evaluate) through ssh → slurm: every stage runs
+    there, the keys are those of a build on this machine, and a local build then hits."""
+    import shutil
+
+    repo = make_repo(tmp_path / "lab", env.env)
+    shutil.copytree(EXAMPLES / "digits", repo.path / "examples" / "digits",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    # The cluster's Python environment for the jobs (this venv: numpy, scikit-learn), set
+    # by sbatch, as a lab would for a login shell whose rc files pick another python.
+    path = f'["--export=ALL,PATH={BIN}:/usr/bin:/bin"]'
+    repo.commit("example", {".qwex/config.toml": _config(tmp_path / "remote-root", slurm_args=path)})
+    drv = repo.path / "examples" / "digits" / "evaluate.drv"
+    remote = env.json("build", str(drv), "--runner", "cluster", cwd=repo.path)
+    assert [n["status"] for n in remote["nodes"]] == ["built", "built", "built"]
+    other_base = tmp_path / "elsewhere"
+    other_base.mkdir()
+    local = Qwex(other_base).json("build", str(drv), cwd=repo.path)  # a laptop with no runner
+    assert local["key"] == remote["key"]
+    assert {n["name"]: n["key"] for n in local["nodes"]} == {n["name"]: n["key"] for n in remote["nodes"]}
+    again = env.json("build", str(drv), "--runner", "cluster", cwd=repo.path)
+    assert again["cached"] and again["run_id"] == remote["run_id"]
+
+
+def test_a_cache_hit_with_an_ssh_runner_connects_nowhere(env: Qwex, git_repo: GitRepo,
+                                                         tmp_path: Path) -> None:
+    root = tmp_path / "remote-root"
+    drv = _repo(git_repo, root, job("--out", "a=1"))
+    first = env.build(drv, "--runner", "remote", cwd=git_repo.path)
+    # The runner now points at a port nobody listens on: a hit must not notice.
+    cfg = ('[runners.remote]\nlayers = [{ kind = "ssh", host = "127.0.0.1", '
+           f'port = {free_port()}, root = "{root}" }}]\n')
+    (git_repo.path / ".qwex" / "config.toml").write_text(cfg)
+    again = env.build(drv, "--runner", "remote", cwd=git_repo.path, env={"QWEX_DEBUG": "1"})
+    assert again.cached and again.run_id == first.run_id

@@ -46,7 +46,8 @@ def runs(json: Json = False) -> None:
         ws = workspace()
         rows = run_async(lambda: statuses(ws))
     if json:
-        emit_json([{"run_id": h.run_id, "key": h.key, "name": h.name, "runner": _where(h.layers, h.host),
+        emit_json([{"run_id": h.run_id, "key": h.key, "name": h.name, "runner": h.runner,
+                    "stack": _where(h.layers, h.host),
                     "job": h.scheduler_id, "state": st.state, "reason": st.reason,
                     "submitted_ns": h.submitted_ns} for h, st in rows])
         return
@@ -54,7 +55,8 @@ def runs(json: Json = False) -> None:
         print("no jobs in flight", file=sys.stderr)
         return
     head = ("RUN", "NAME", "KEY", "RUNNER", "JOB", "STATE", "SINCE")
-    table = [head, *((h.run_id, h.name, h.key.removeprefix("blake3:")[:12], _where(h.layers, h.host),
+    table = [head, *((h.run_id, h.name, h.key.removeprefix("blake3:")[:12],
+                      h.runner or _where(h.layers, h.host),
                       h.scheduler_id, st.state + (f" ({st.reason})" if st.reason else ""),
                       _since(h.submitted_ns)) for h, st in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]

@@ -103,10 +103,10 @@ class StackDriver:
     async def _root(self, stack: Stack) -> str:
         """The execution side's qwex root (ssh): ``root`` made absolute under its home."""
         assert stack.transport is not None
-        t = self._transport(stack)
-        home = await t.home()
-        root = stack.transport.root or ".qwex"
-        return root if root.startswith("/") else posixpath.join(home, root)
+        root = stack.transport.root or stack.transport.workdir or ".qwex"  # workdir: the older name
+        if root.startswith("/"):
+            return root
+        return posixpath.join(await self._transport(stack).home(), root)
 
     async def _paths(self, plan: RunPlan, stack: Stack) -> JobPaths:
         if stack.transport is None:
@@ -234,7 +234,7 @@ class StackDriver:
         script = (f'if [ ! -e {job}/marker.json ]; then printf \'{{"format":"qwex.marker/1","exit":130,'
                   f'"phase":"cancel","started_ns":%s,"finished_ns":%s}}\\n\' "{handle.submitted_ns}" "{now}" '
                   f'>{job}/marker.cancel && mv -n {job}/marker.cancel {job}/marker.json; fi; ')
-        script += _scheduler(stack).cancel_script([handle.scheduler_id])
+        script += "(" + _scheduler(stack).cancel_script([handle.scheduler_id]) + ")"
         if stack.wrapper is not None and stack.wrapper.executable.rsplit("/", 1)[-1] in ("podman", "docker"):
             exe = shlex.quote(stack.wrapper.executable)
             script += f"; {exe} rm -f qwex-{handle.run_id} >/dev/null 2>&1; exit 0"
