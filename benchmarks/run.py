@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from execute import bench_execute
 from harness import Bench, CommandFailed, Ctx, Record, Skip, Tools, log, rmtree
 from index_scale import bench_index_scale
 from ingest import bench_ingest_1gib, bench_ingest_small
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, Bench] = {
     "snapshot_nanogpt": bench_snapshot_nanogpt,
     "index_scale": bench_index_scale,
     "remote": bench_remote,
+    "execute": bench_execute,
 }
 
 #: The saved results the README table is generated from.

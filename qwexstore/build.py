@@ -242,13 +242,17 @@ async def realize(
         drv = driver or load_driver(driver_for(plan.layers))
         env = environ or dict(os.environ)
         run = Run(store, index, plan, drv, "", "", None, progress, env, on_log, hold, signer)
-        if isinstance(drv, JobDriver):
-            inflight = handle_for_key(tmp, key)
-            if inflight is not None:  # a job a dead (or detached) client left running
-                if detach:
-                    raise Detached(inflight)  # already submitted: nothing to wait for
-                return await attach(run, tmp, inflight, hooks)
-        return await _run(run, tmp, detach=detach, hooks=hooks)
+        try:
+            if isinstance(drv, JobDriver):
+                inflight = handle_for_key(tmp, key)
+                if inflight is not None:  # a job a dead (or detached) client left running
+                    if detach:
+                        raise Detached(inflight)  # already submitted: nothing to wait for
+                    return await attach(run, tmp, inflight, hooks)
+            return await _run(run, tmp, detach=detach, hooks=hooks)
+        finally:
+            if driver is None and isinstance(drv, JobDriver):
+                await drv.close()  # a driver given by the caller is the caller's to close
 
 
 @contextlib.contextmanager

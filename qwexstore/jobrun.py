@@ -148,16 +148,13 @@ async def _collect(
     run: Run, job: JobDriver, handle: JobHandle, outcome: RunOutcome | None, rd: RunDir, tmp: str,
     broken: list[str],
 ) -> RunOutcome | None:
-    try:
-        facts = getattr(job, "facts", None)  # optional: impure facts of the execution host
-        if facts is not None and outcome is not None:
-            run.impure.update(await facts(handle))
-        if outcome is not None and outcome.status == "succeeded":
-            # A failure here (the connection lost) keeps the handle: building the key
-            # again attaches, finds the job ended, and collects again.
-            await job.collect(handle, run.store, rd.work)
-    finally:
-        await job.close()
+    facts = getattr(job, "facts", None)  # optional: impure facts of the execution host
+    if facts is not None and outcome is not None:
+        run.impure.update(await facts(handle))
+    if outcome is not None and outcome.status == "succeeded":
+        # A failure here (the connection lost) keeps the handle: building the key again
+        # attaches, finds the job ended, and collects again.
+        await job.collect(handle, run.store, rd.work)
     return None if outcome is None else with_broken(outcome, broken)
 
 

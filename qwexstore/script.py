@@ -89,11 +89,12 @@ def _shjoin(values: Iterable[object]) -> str:
     return " ".join(_sh(v) for v in values)
 
 
-def render(kind: str, ctx: Mapping[str, Any], project_root: str | None = None) -> str:
-    """Render template ``kind`` (the project's copy if ejected) with ``ctx``."""
+_COMPILED: dict[tuple[str, str], Any] = {}  # (path, text) -> compiled template
+
+
+def _environment() -> Any:
     import jinja2  # only a miss that runs through a layer stack pays for it
 
-    path, text = template_source(kind, project_root)
     env = jinja2.Environment(
         autoescape=False,
         undefined=jinja2.StrictUndefined,
@@ -103,8 +104,21 @@ def render(kind: str, ctx: Mapping[str, Any], project_root: str | None = None) -
     )
     env.filters["sh"] = _sh
     env.filters["shjoin"] = _shjoin
+    return env
+
+
+def render(kind: str, ctx: Mapping[str, Any], project_root: str | None = None) -> str:
+    """Render template ``kind`` (the project's copy if ejected) with ``ctx``. A template is
+    compiled once per process and content (a sweep of 100 jobs compiles each once)."""
+    import jinja2
+
+    path, text = template_source(kind, project_root)
     try:
-        return env.from_string(text).render(**ctx)
+        tpl = _COMPILED.get((path, text))
+        if tpl is None:
+            tpl = _COMPILED[(path, text)] = _environment().from_string(text)
+        out: str = tpl.render(**ctx)
+        return out
     except jinja2.TemplateSyntaxError as e:
         raise PermanentDriverError(f"template {path}, line {e.lineno}: {e.message}") from None
     except (jinja2.UndefinedError, ValueError, TypeError) as e:

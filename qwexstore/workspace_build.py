@@ -59,6 +59,21 @@ async def build(
     signer = ws.signing_key()
     store = await ws.store()
     coordinator = ws.coordinator(store)
+    shared: dict[str, Driver] = {}  # one job driver per kind for the whole build (one connection per host)
+
+    def driver_of(node: Plan) -> Driver | None:
+        if driver is not None:
+            return driver
+        from .driver import driver_for, load_driver
+        from .jobs import JobDriver
+
+        name = driver_for(node.layers)
+        if name not in shared:
+            d = load_driver(name)
+            same = [x for x in shared.values() if type(x) is type(d)]
+            shared[name] = same[0] if same else d
+        d = shared[name]
+        return d if isinstance(d, JobDriver) else None  # the local driver: one per run, as before
 
     async def build_one(node: Plan) -> BuildResult:
         hit = lookup(index, node.key, realised)
@@ -82,15 +97,21 @@ async def build(
         try:
             return await realize(
                 store, index, node, on_log=sink, on_wait=lambda owner: events.waiting(node, owner),
-                progress=events.progress, driver=driver, environ=environ, coordinator=coordinator,
+                progress=events.progress, driver=driver_of(node), environ=environ, coordinator=coordinator,
                 signer=signer, scratch=ws.scratch, detach=detach,
                 hooks=events.job_hooks(node),
             )
         finally:
             sink.close()
 
-    return await realize_graph(plan, index, build_one, realised=realised, jobs=jobs, keep_going=keep_going,
-                               reports=reports)
+    try:
+        return await realize_graph(plan, index, build_one, realised=realised, jobs=jobs,
+                                   keep_going=keep_going, reports=reports)
+    finally:
+        for d in {id(x): x for x in shared.values()}.values():
+            close = getattr(d, "close", None)
+            if close is not None:
+                await close()
 
 
 async def fetch_inputs(ws: Workspace, node: Plan, store: Store, events: BuildEvents) -> list[str]:

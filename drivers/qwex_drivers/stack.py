@@ -83,6 +83,8 @@ class StackDriver:
 
     def __init__(self) -> None:
         self._transports: dict[str, Transport] = {}
+        self._waiting: list[JobHandle] = []
+        self._batch: asyncio.Future[dict[str, JobStatus]] | None = None
         self.last_push: object = None  # the last job closure sent (ssh): objects and bytes
 
     # -- pieces ----------------------------------------------------------------------------
@@ -190,6 +192,23 @@ class StackDriver:
         return remote.location
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
+        """One scheduler query per host and scheduler for ``handles``; concurrent calls
+        (the follow loops of a pipeline's jobs) made within one short window share a
+        single query, so a sweep of N jobs costs one squeue per cycle, not N."""
+        self._waiting.extend(handles)
+        if self._batch is None:
+            self._batch = asyncio.ensure_future(self._status_soon())
+        batch = self._batch
+        result = await asyncio.shield(batch)
+        return {h.run_id: result[h.run_id] for h in handles if h.run_id in result}
+
+    async def _status_soon(self) -> dict[str, JobStatus]:
+        await asyncio.sleep(0.02)  # let the other follow loops of this cycle join
+        handles, self._waiting, self._batch = self._waiting, [], None
+        unique = list({h.run_id: h for h in handles}.values())
+        return await self._status_now(unique)
+
+    async def _status_now(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         out: dict[str, JobStatus] = {}
         groups: dict[tuple[str, str], list[JobHandle]] = {}
         for h in handles:
