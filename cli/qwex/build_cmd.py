@@ -186,7 +186,9 @@ def build(
         if dry_run:
             _dry_run(ws, plan, json)
             return
-        _build(ws, plan, json, jobs or _default_jobs(), keep_going, detach)
+        # Detached, a node only waits on its submission (sbatch, ssh): more of them overlap.
+        _build(ws, plan, json, jobs or (max(8, _default_jobs()) if detach else _default_jobs()), keep_going,
+               detach)
 
 
 def _dry_run(ws: Workspace, plan: Plan, as_json: bool) -> None:
