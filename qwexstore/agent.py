@@ -28,7 +28,7 @@ from .build import scratch_dir, stage_inputs
 from .errors import StoreError, UserError
 from .globs import Selector
 from .liveroots import GcLock
-from .record import _publish, _scan, oserror
+from .record import oserror, publish_outputs, scan_outputs
 from .records import DerivationRecord
 from .rundir import RunDir
 from .snapshot import restore
@@ -117,11 +117,12 @@ async def ingest(store: Store, drv_hash: str, workdir: str) -> str:
 
     The derivation's output patterns are collected by the local build's own code
     (:meth:`qwexstore.rundir.RunDir.collect` through :meth:`RunDir.adopt`, then
-    :func:`qwexstore.record._scan` and ``_publish``): ``workdir`` is opened once without
-    following a symlink and walked through descriptors, so a symlink the job planted is
-    stored as a link, never followed; the outputs are *moved* into the store (what is left
-    of the work dir is deleted, as after a local build). Blobs are durable before the
-    manifest is written. MUST run only after every process of the job has ended.
+    :func:`qwexstore.record.scan_outputs` and ``publish_outputs``): ``workdir`` is opened
+    once without following a symlink and walked through descriptors, so a symlink the job
+    planted is stored as a link, never followed. The outputs are moved out, then replaced
+    by copies before hashing: the job script runs this right after the command, when a
+    process the job left behind may still hold a file open, and the store must never share
+    an inode such a process can write. Blobs are durable before the manifest is written.
 
     Raises UserError, whose message is the run's failure message (the job script puts it
     into the marker), for an output that is missing, empty, not allowed or unreadable, or a
@@ -138,7 +139,8 @@ async def ingest(store: Store, drv_hash: str, workdir: str) -> str:
             raise UserError(f"work dir {workdir}: {why}") from None
         try:
             try:
-                out = await _scan(rd, record.derivation.outputs, None)
+                # copies: processes the job left behind may still hold its files open
+                out = await scan_outputs(rd, record.derivation.outputs, None, copy=True)
             except ValueError as e:
                 raise UserError(str(e)) from None
             except OSError as e:
@@ -146,7 +148,7 @@ async def ingest(store: Store, drv_hash: str, workdir: str) -> str:
                     raise StoreError(f"{record.name}: cannot ingest its outputs: {oserror(e)}") from None
                 raise UserError(f"cannot read its outputs: {oserror(e)}") from None
             try:
-                await _publish(store, out)
+                await publish_outputs(store, out)
             except OSError as e:
                 raise StoreError(f"{record.name}: cannot store its outputs: {oserror(e)}") from None
             return out.manifest.digest()

@@ -303,6 +303,7 @@ async def _execute_and_record(
     gc lock held, then take ``record_lock`` and record the outcome."""
     plan, rd = run.plan, run.rundir
     job = run.driver if isinstance(run.driver, JobDriver) else None
+    run.copy_outputs = job is not None  # a scheduler's job may leave processes behind
     try:
         if job is None or not any(isinstance(x, SshLayer) for x in plan.layers):
             await _stage(run.store, plan, rd.work)
@@ -352,7 +353,7 @@ async def _execute_and_record(
         return await recording
     finally:
         if job is not None and recording.done():
-            forget(tmp, run.run_id)  # recorded (or the store refused it): the job is done with
+            await forget(tmp, run.run_id, job)  # recorded (or the store refused it): done with
 
 
 async def _execute(

@@ -26,7 +26,7 @@ __all__ = ["CONTAINER_PATH", "Compiled", "JobPaths", "Stack", "compile_job", "ma
 
 #: The PATH a job gets inside a container when its derivation does not set one.
 CONTAINER_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_SECRET_WORDS: Final = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH")
+_SECRET_WORDS: Final = ("TOKEN", "TOK", "SECRET", "PASS", "PWD", "KEY", "CRED", "AUTH", "PRIVATE", "SESSION")
 
 
 class Stack(NamedTuple):

@@ -191,6 +191,10 @@ async def realize_graph(
         for r in reports.values():  # ... or which jobs the user chose to leave running
             if isinstance(r.error, Detached):
                 raise r.error from None
+        root_task = tasks.get(plan.drv_path)
+        if root_task is not None and root_task.done() and not root_task.cancelled() \
+                and root_task.exception() is None and (done := root_task.result()) is not None:
+            return done  # the interruption came when every job had ended and was recorded
         raise
     root = tasks[plan.drv_path].result()
     if root is not None:

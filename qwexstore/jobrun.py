@@ -20,8 +20,8 @@ import msgspec
 
 from .cache import BuildResult
 from .driver import RunOutcome, RunPlan
-from .errors import Detached
-from .jobs import LIVE, JobDriver, JobHandle, JobStatus, delete_handle, follow, save_handle
+from .errors import Detached, DriverError, StoreError, TransientDriverError, TransientStoreError
+from .jobs import LIVE, JobDriver, JobHandle, JobStatus, delete_handle, follow, outcome_of, save_handle
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .record import Run, oserror, record
 from .rundir import RunDir
@@ -86,11 +86,38 @@ async def _follow_or_cancel(
     except asyncio.CancelledError:
         # Ctrl-C or SIGTERM on an attached client: the caller is asked (a terminal: the
         # user); by default the job is stopped. Kept running, it is like --detach.
+        ended = await _ended(driver, handle)
+        if ended is not None:  # it had finished: record what it did, cancel nothing
+            return ended
         if keep_running is not None and keep_running(handle):
             raise Detached(handle) from None
         with contextlib.suppress(Exception):
             await asyncio.shield(_cancel_and_wait(driver, handle))
+        return await _ended(driver, handle)  # it may have ended by itself meanwhile
+
+
+async def _ended(driver: JobDriver, handle: JobHandle) -> RunOutcome | None:
+    """The outcome of a job that has written its own marker (waiting, bounded, for the
+    scheduler to let it go), or None if it has none (or only a cancel marker)."""
+    try:
+        marker = await asyncio.shield(driver.marker(handle))
+        if marker is None or marker.phase == "cancel":
+            return None
+        st = await asyncio.shield(_wait_not_live(driver, handle))
+    except Exception:  # unreachable now: treated as not ended
         return None
+    return outcome_of(marker, st)
+
+
+async def _wait_not_live(driver: JobDriver, handle: JobHandle, timeout: float = 60.0) -> JobStatus:
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + timeout, 0.1
+    while True:
+        st = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
+        if st.state not in LIVE or loop.time() >= deadline:
+            return st
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 1.5)
 
 
 async def _cancel_and_wait(driver: JobDriver, handle: JobHandle, timeout: float = 60.0) -> None:
@@ -98,14 +125,7 @@ async def _cancel_and_wait(driver: JobDriver, handle: JobHandle, timeout: float 
     ``scancel`` returns before the job has stopped, and the run is recorded (its run dir
     removed) only once it has."""
     await driver.cancel(handle)
-    loop = asyncio.get_running_loop()
-    deadline, delay = loop.time() + timeout, 0.1
-    while loop.time() < deadline:
-        st = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
-        if st.state not in LIVE:
-            return
-        await asyncio.sleep(delay)
-        delay = min(1.0, delay * 1.5)
+    await _wait_not_live(driver, handle, timeout)
 
 
 def tee(rd: RunDir, on_log: Callable[[str, bytes], None], broken: list[str]) -> Callable[[str, bytes], None]:
@@ -152,9 +172,14 @@ async def _collect(
     if facts is not None and outcome is not None:
         run.impure.update(await facts(handle))
     if outcome is not None and outcome.status == "succeeded":
-        # A failure here (the connection lost) keeps the handle: building the key again
-        # attaches, finds the job ended, and collects again.
-        await job.collect(handle, run.store, rd.work)
+        try:
+            await job.collect(handle, run.store, rd.work)
+        except (TransientDriverError, TransientStoreError):
+            raise  # the connection lost: the handle stays; building again collects again
+        except (DriverError, StoreError) as e:  # for good (damaged, forged): the run failed
+            where = f" from {handle.store}" if handle.store else ""
+            msg = f"its outputs could not be collected{where}: {e}"
+            outcome = RunOutcome("failed", outcome.exit_code, outcome.started_ns, outcome.finished_ns, msg)
     return None if outcome is None else with_broken(outcome, broken)
 
 
@@ -163,6 +188,7 @@ async def attach(run: Run, tmp: str, handle: JobHandle, hooks: JobHooks | None) 
     job = run.driver
     assert isinstance(job, JobDriver)
     run.run_id, run.drv_hash = handle.run_id, handle.drv
+    run.copy_outputs = True
     run.impure, run.started = handle.impure, handle.submitted_ns
     try:
         run.rd = RunDir.reopen(tmp, handle.run_id)
@@ -187,13 +213,25 @@ async def attach(run: Run, tmp: str, handle: JobHandle, hooks: JobHooks | None) 
             return await recording
         finally:
             if recording.done():
-                forget(tmp, handle.run_id)  # recorded: the handle goes only now
+                await forget(tmp, handle.run_id, job)  # recorded: the handle goes only now
     finally:
         record_lock.release()
         live.release()
 
 
-def forget(scratch: str, run_id: str) -> None:
+async def forget(scratch: str, run_id: str, job: JobDriver) -> None:
     """The run is recorded: the handle goes (only now: a client killed before this leaves
-    the handle, and a rebuild attaches, finds the job ended, and records it)."""
+    the handle, and a rebuild attaches, finds the job ended, and records it), then the
+    driver's optional ``cleanup(handle)`` removes the job dir on the execution host (best
+    effort)."""
+    from .jobs import load_handle
+
+    try:
+        handle = load_handle(scratch, run_id)
+    except StoreError:  # unreadable: nothing to clean up with it
+        handle = None
     delete_handle(scratch, run_id)
+    cleanup = getattr(job, "cleanup", None)
+    if handle is not None and cleanup is not None:
+        with contextlib.suppress(Exception):
+            await cleanup(handle)

@@ -198,10 +198,15 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
         await asyncio.sleep(delay)
 
 
+#: At most this many reads per log per poll: a log that never ends (a job that points its
+#: log at /dev/zero) cannot keep the loop from seeing the job end.
+_READS_PER_POLL = 16
+
+
 async def _drain(driver: JobDriver, handle: JobHandle, logs: LogSink, offsets: dict[str, int]) -> bool:
     moved = False
     for stream in ("stdout", "stderr"):
-        while True:
+        for _ in range(_READS_PER_POLL):
             chunk = await driver.read_log(handle, stream, offsets[stream])
             if not chunk:
                 break

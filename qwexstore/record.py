@@ -40,7 +40,9 @@ from .tree import Progress, Scanned, hash_entries
 if TYPE_CHECKING:
     from .keys import SecretKey
 
-__all__ = ["Run", "indexed_of", "kept_dir", "oserror", "record", "result_of"]
+__all__ = [
+    "Run", "indexed_of", "kept_dir", "oserror", "publish_outputs", "record", "result_of", "scan_outputs",
+]
 
 
 def kept_dir(scratch: str, run_id: str) -> str:
@@ -66,8 +68,8 @@ def _discard_work(rd: RunDir) -> None:
 
 
 class _Outputs:
-    """A finished run's outputs, scanned and hashed (:func:`_scan`), carried to
-    :func:`_publish` and, if the store fails, to :func:`_keep`."""
+    """A finished run's outputs, scanned and hashed (:func:`scan_outputs`), carried to
+    :func:`publish_outputs` and, if the store fails, to :func:`_keep`."""
 
     def __init__(self, scanned: list[Scanned], entries: list[Entry]) -> None:
         self.scanned = scanned
@@ -75,18 +77,39 @@ class _Outputs:
         self.manifest = Manifest.of(entries)
 
 
-async def _scan(rd: RunDir, patterns: list[str], progress: Progress | None) -> _Outputs:
+async def scan_outputs(rd: RunDir, patterns: list[str], progress: Progress | None, *,
+                       copy: bool = False) -> _Outputs:
     """Move the outputs out of the work dir (through its descriptor: spec/runs.md, "Run
     directory") and hash them. Errors here are the job's (an output missing, unreadable or
     not allowed), except a full disk. Scanning and hashing run in a worker thread, so other
-    derivations of a parallel build keep streaming their logs meanwhile."""
+    derivations of a parallel build keep streaming their logs meanwhile.
+
+    ``copy``: replace every output file by a copy before hashing, for a job whose
+    processes qwex cannot prove have all ended (a scheduler's job, or a job script on an
+    execution host): a process left behind may still hold the original open, and the
+    store must never share an inode it can write (spec/drivers.md, "Ingest")."""
     scanned = await asyncio.to_thread(rd.collect, patterns)
+    if copy:
+        await asyncio.to_thread(_fresh_copies, scanned)
     await asyncio.to_thread(_discard_work, rd)
     entries: list[Entry] = await asyncio.to_thread(hash_entries, scanned, None, progress)
     return _Outputs(scanned, entries)
 
 
-async def _publish(store: Store, out: _Outputs) -> None:
+def _fresh_copies(scanned: list[Scanned]) -> None:
+    """Replace each regular file (in the ingest dir, which no job knows) by a copy: a new
+    inode no process of the job has open."""
+    for s in scanned:
+        if not stat.S_ISREG(s.st.st_mode):
+            continue
+        tmp = f"{s.abspath}.qwex-copy"
+        shutil.copyfile(s.abspath, tmp, follow_symlinks=False)
+        os.chmod(tmp, stat.S_IMODE(s.st.st_mode) & 0o777)
+        os.replace(tmp, s.abspath)
+        s.st = os.lstat(s.abspath)
+
+
+async def publish_outputs(store: Store, out: _Outputs) -> None:
     """Publish the outputs as blobs, durable before the manifest is written. Errors here
     are the store's. Files are moved (hard-linked) into a local store; a remote store gets
     copies, so the files stay until the run dir is removed after a success."""
@@ -162,6 +185,7 @@ class Run:
     signer: SecretKey | None = None
     impure: dict[str, str] = field(default_factory=dict)
     started: int = 0
+    copy_outputs: bool = False  # ingest copies, not the job's own inodes (scan_outputs)
 
     @property
     def rundir(self) -> RunDir:
@@ -218,7 +242,8 @@ async def _record_run(run: Run, record_lock: GcLock, outcome: RunOutcome | None)
     out: _Outputs | None = None
     if outcome is not None and outcome.status == "succeeded":
         try:
-            out = await _scan(run.rundir, run.plan.derivation.outputs, run.progress)
+            out = await scan_outputs(run.rundir, run.plan.derivation.outputs, run.progress,
+                                     copy=run.copy_outputs)
             _warn_links_out(run, out.manifest)
         except (ValueError, UserError) as e:
             status, message = "failed", str(e)
@@ -248,7 +273,7 @@ async def _write_records(
     key = plan.key
     manifest = None if out is None else out.manifest
     if out is not None:
-        await _publish(store, out)
+        await publish_outputs(store, out)
 
     # Logs, then the run record, then (success only) the realisation, then the index.
     logs = {}

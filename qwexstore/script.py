@@ -64,6 +64,8 @@ def _path(kind: str, project_root: str | None) -> str:
         own = ejected_path(project_root, kind)
         if os.path.isfile(own):
             return own
+        if os.path.lexists(own):  # a directory, a dangling link: not silently the built-in
+            raise PermanentDriverError(f"template {own} is not a readable file")
     return os.path.join(_BUILTIN, f"{kind}.sh.j2")
 
 

@@ -9,10 +9,9 @@ derivation record the job runs (stored at submission), so no .drv file is needed
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
-from .errors import BuildCancelled, DriverError, KeyLookupError
+from .errors import BuildCancelled, BuildFailed, DriverError, KeyLookupError
 from .jobs import JobDriver, JobHandle, JobStatus, list_handles
 
 if TYPE_CHECKING:
@@ -109,15 +108,19 @@ async def cancel(
     ws: Workspace, handle: JobHandle, events: BuildEvents, driver: JobDriver | None = None
 ) -> str:
     """Stop ``handle``'s job (scancel, its process group, its container) and record the
-    run as cancelled; return the run id. Idempotent: a job already ended is recorded as
-    it ended."""
+    run as cancelled; return the status recorded: ``cancelled``, or, for a job that had
+    already ended, what it ended as (``succeeded``, ``failed``)."""
     drv = driver or job_driver(handle)
     try:
         await drv.cancel(handle)
     finally:
         if driver is None:
             await drv.close()
-    with contextlib.suppress(BuildCancelled):
+    try:
         await attach(ws, handle, events, driver)
-    return handle.run_id
+    except BuildCancelled:
+        return "cancelled"
+    except BuildFailed:
+        return "failed"
+    return "succeeded"
 

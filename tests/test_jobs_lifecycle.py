@@ -429,7 +429,7 @@ def test_qwex_cancel_of_a_detached_job_records_it_cancelled(
             finally:
                 await ws.disconnect()
 
-        assert asyncio.run(cancel()) == handle.run_id
+        assert asyncio.run(cancel()) == "cancelled"
         assert _run_record(ws, handle.run_id).status == "cancelled"
         assert list_handles(ws.scratch) == []
     assert len(first.registry.ops("cancel")) == 1 and len(first.registry.ops("submit")) == 1
@@ -519,3 +519,24 @@ def test_a_driver_error_while_following_keeps_the_jobs_work_dir(tmp_path: Path, 
         gate.set()
         r = asyncio.run(ws.build(plan, driver=FakeJobDriver(registry=fake.registry)))
         assert r.files == 1
+
+
+def test_ctrl_c_after_the_job_succeeded_records_its_success(tmp_path: Path, lab: GitRepo) -> None:
+    """Interrupted once the job has written its success marker (its scheduler still shows
+    it running): the cancel finds it ended, and the run is recorded as it ended, outputs
+    and all, not thrown away as cancelled (an adversarial review found this)."""
+    fake = FakeJobDriver(lambda plan: FakeJob(outputs={"out/x": b"done"}, linger=5))
+
+    async def go(ws: Workspace) -> object:
+        task = asyncio.create_task(ws.build(ws.plan(str(lab.path / "a.drv")), driver=fake))
+        await _until(lambda: bool(fake.registry.jobs) and fake.registry.jobs[_only(fake)].marker is not None,
+                     "the job wrote its marker")
+        task.cancel()
+        return await task
+
+    with _ws(tmp_path, lab) as ws:
+        result = asyncio.run(go(ws))
+        run_id = _only(fake)
+        assert getattr(result, "run_id", None) == run_id
+        assert _run_record(ws, run_id).status == "succeeded"
+        assert list_handles(ws.scratch) == []

@@ -247,3 +247,30 @@ def test_ctrl_c_on_a_terminal_asks_whether_to_cancel(env: Qwex, git_repo: GitRep
         assert os.waitstatus_to_exitcode(status) == 130
         assert rows == []
         assert env.json("ls")[0]["status"] == "cancelled"
+
+
+LINGER = ["sh", "-c", "mkdir -p out; echo good > out/a; exec 3>>out/a; (sleep 2; echo EVIL >&3) & exit 0"]
+
+
+def test_a_process_the_job_left_behind_cannot_change_a_stored_object(env: Qwex, git_repo: GitRepo) -> None:
+    """SLURM ends the job while a child it left behind still holds an output open (this
+    cluster's proctrack/linuxproc does not kill it): the store gets a copy, so the child's
+    late write changes nothing stored (found by an adversarial review)."""
+    drv = _repo(git_repo, LINGER)
+    built = env.build(drv, "--runner", "cluster", cwd=git_repo.path)
+    time.sleep(3)  # the child writes now
+    env.ok("verify")
+    co = git_repo.path.parent / "co"
+    env.ok("checkout", built.key, str(co))
+    assert (co / "out" / "a").read_text() == "good\n"
+
+
+def test_cancel_of_a_job_that_already_ended_says_what_was_recorded(env: Qwex, git_repo: GitRepo) -> None:
+    drv = _repo(git_repo, job("--out", "q=1"))
+    run_id = env.ok("build", str(drv), "--runner", "cluster", "--detach", cwd=git_repo.path).stdout.strip()
+    deadline = time.monotonic() + 30
+    while env.json("runs")[0]["state"] in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doc = env.json("cancel", run_id)
+    assert doc["status"] == "succeeded"
+    assert env.json("show", run_id)["run"]["status"] == "succeeded"

@@ -185,3 +185,42 @@ def test_a_cache_hit_with_an_ssh_runner_connects_nowhere(env: Qwex, git_repo: Gi
     (git_repo.path / ".qwex" / "config.toml").write_text(cfg)
     again = env.build(drv, "--runner", "remote", cwd=git_repo.path, env={"QWEX_DEBUG": "1"})
     assert again.cached and again.run_id == first.run_id
+
+
+def test_ssh_adversarial_jobs(env: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
+    """Jobs that attack the ssh path (an adversarial review): a child left behind writing
+    into an output cannot damage the execution store, and the next build on that runner
+    works; a log pointed at /dev/zero is never read; a marker the job forged is refused;
+    the job dir (its job.sh holds the environment) is removed once the run is recorded."""
+    root = tmp_path / "remote-root"
+    linger = ["sh", "-c", "mkdir -p out; echo good > out/a; exec 3>>out/a; (sleep 2; echo EVIL >&3) & exit 0"]
+    drv = _repo(git_repo, root, linger)
+    built = env.build(drv, "--runner", "remote", cwd=git_repo.path)
+    time.sleep(3)
+    env.ok("--store", str(root / "store"), "verify")  # the execution store is intact
+    assert not list((root / "jobs").iterdir())  # cleaned up after recording
+    git_repo.commit(files={"train.drv": drv_text(["sh", "-c", "mkdir -p out; echo b > out/b"], name="train")})
+    assert not env.build(drv, "--runner", "remote", cwd=git_repo.path).cached
+    co = tmp_path / "co"
+    env.ok("checkout", built.key, str(co))
+    assert (co / "out" / "a").read_text() == "good\n"
+    # A log replaced by a link to /dev/zero: never followed, the build ends.
+    zero = ['sh', '-c', 'J=$(dirname "$HOME"); rm "$J/stdout"; ln -s /dev/zero "$J/stdout"; '
+            'mkdir -p out; echo z > out/z']
+    git_repo.commit(files={"train.drv": drv_text(zero, name="train")})
+    env.build(drv, "--runner", "remote", cwd=git_repo.path, timeout=60)
+    # A forged marker (exit 0, no manifest), then the job script killed: refused.
+    forge = ['sh', '-c', 'J=$(dirname "$HOME"); mkdir -p out; echo f > out/f; '
+             'printf \'{"format":"qwex.marker/1","exit":0,"phase":"run","started_ns":1,"finished_ns":2,'
+             '"manifest":null}\' > "$J/marker.json"; kill -9 $PPID']
+    git_repo.commit(files={"train.drv": drv_text(forge, name="train")})
+    cp = env("build", str(drv), "--runner", "remote", cwd=git_repo.path)
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr, cp.stderr
+    assert "not written by the job script" in cp.stderr or "without finishing" in cp.stderr, cp.stderr
+
+
+def test_dry_run_masks_secret_looking_values(env: Qwex, git_repo: GitRepo, tmp_path: Path) -> None:
+    drv = _repo(git_repo, tmp_path / "r", job("--out", "a=1"),
+                vars={"DB_PASS": "hunter2", "api_tok": "abc123", "SEED": "7"})
+    out = env.ok("build", str(drv), "--runner", "remote", "--dry-run", cwd=git_repo.path).stdout
+    assert "hunter2" not in out and "abc123" not in out and "SEED=7" in out

@@ -114,8 +114,11 @@ def cancel(ref: Ref, json: Json = False) -> None:
         finally:
             await ws.disconnect()
 
-    run_id = run_async(go)
+    status = run_async(go)
     if json:
-        emit_json({"cancelled": run_id, "key": handle.key})
+        emit_json({"run_id": handle.run_id, "key": handle.key, "status": status})
+    elif status == "cancelled":
+        print(f"qwex: cancelled run {handle.run_id} of {handle.name}", file=sys.stderr)
     else:
-        print(f"qwex: cancelled run {run_id} of {handle.name}", file=sys.stderr)
+        print(f"qwex: run {handle.run_id} of {handle.name} had already ended: recorded as {status}",
+              file=sys.stderr)

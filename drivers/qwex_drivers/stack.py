@@ -266,7 +266,10 @@ class StackDriver:
             return
         marker = await self.marker(handle)
         if marker is None or marker.manifest is None:
-            return
+            # job.sh writes a succeeded marker only with the manifest it ingested: this
+            # one was written by the job itself
+            raise PermanentDriverError(f"{handle.name}: the job's marker names no outputs "
+                                       "(not written by the job script)")
         from qwexstore.digest import is_digest
         from qwexstore.tree import materialize
 
@@ -277,6 +280,14 @@ class StackDriver:
             await materialize(remote, await remote.get_manifest(marker.manifest), workdir)
         finally:
             await remote.storage.close()
+
+    async def cleanup(self, handle: JobHandle) -> None:
+        """Remove the job dir on an execution host (ssh) once the run is recorded: its
+        job.sh holds the job's environment, passed-through secrets included. The outputs
+        stay in the execution store. On this machine the job dir is inside the run dir,
+        which recording removes."""
+        if handle.store:
+            await self._transport(split_stack(handle.layers)).run(f"rm -rf {shlex.quote(handle.job_dir)}")
 
     async def run(self, plan: RunPlan, logs: LogSink) -> RunOutcome:
         """Submit, follow, and (on cancellation) cancel: the whole lifecycle in one call,

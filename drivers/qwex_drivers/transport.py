@@ -6,7 +6,9 @@ nothing of jobs. ``local`` is this machine; ``ssh`` is :mod:`qwex_drivers.transp
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import stat
 from typing import NamedTuple, Protocol
 
 __all__ = ["Completed", "LocalTransport", "Transport"]
@@ -51,11 +53,17 @@ class LocalTransport:
         return Completed(proc.returncode, out, err)
 
     async def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> bytes | None:
+        """None unless ``path`` is a regular file (a job may replace its log by a link to
+        /dev/zero or a FIFO: never followed, never read)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO):
+                return None
+            raise
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             return os.pread(fd, limit, offset)
         finally:
             os.close(fd)

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import shlex
 import signal
+import stat
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -272,6 +273,11 @@ class SshTransport:
         async def op() -> bytes | None:
             sftp = await self._sftp_client()
             try:
+                # Only a regular file, never through a link: a job may point its log at
+                # /dev/zero (endless) or a FIFO (an open that never returns).
+                attrs = await sftp.lstat(path)
+                if attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
+                    return None
                 async with sftp.open(path, "rb") as f:
                     await f.seek(offset)
                     return await read_upto(f.read, limit)
