@@ -49,13 +49,13 @@ from .digest import hash_file
 from .driver import Driver, RunOutcome, RunPlan, driver_for, load_driver
 from .errors import Detached, DriverError, StoreError, UserError
 from .index import Index
-from .jobrun import JobHooks, attach, execute_job, forget, tee, with_broken
+from .jobrun import JobHooks, attach, execute_job, record_ended, tee, with_broken
 from .jobs import JobDriver, delete_handle, handle_for_key, load_handle
 from .layers import SshLayer
 from .liveroots import GcLock, LiveRoot, LiveRootFile
 from .manifest import FileEntry, Manifest
 from .plan import Plan
-from .record import Run, indexed_of, kept_dir, oserror, record, result_of
+from .record import Run, indexed_of, kept_dir, oserror, result_of
 from .rundir import RunDir
 from .snapshot import take_snapshot
 from .store import Store
@@ -344,16 +344,7 @@ async def _execute_and_record(
         else:
             rd.remove()  # the backend failed, not the command: no run
         raise
-    # The job has ended: record it even if interrupted now (Ctrl-C while outputs are being
-    # hashed must not throw a finished run away), then let the interruption proceed.
-    recording = asyncio.ensure_future(record(run, record_lock, outcome))
-    try:
-        return await asyncio.shield(recording)
-    except asyncio.CancelledError:
-        return await recording
-    finally:
-        if job is not None and recording.done():
-            await forget(tmp, run.run_id, job)  # recorded (or the store refused it): done with
+    return await record_ended(run, record_lock, outcome, tmp, job)
 
 
 async def _execute(

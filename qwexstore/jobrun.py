@@ -28,7 +28,15 @@ from .rundir import RunDir
 from .store import Store
 
 __all__ = [
-    "JobHooks", "attach", "attach_job", "execute_job", "forget", "submit_and_follow", "tee", "with_broken",
+    "JobHooks",
+    "attach",
+    "attach_job",
+    "execute_job",
+    "forget",
+    "record_ended",
+    "submit_and_follow",
+    "tee",
+    "with_broken",
 ]
 
 
@@ -206,17 +214,26 @@ async def attach(run: Run, tmp: str, handle: JobHandle, hooks: JobHooks | None) 
         broken: list[str] = []
         outcome = await attach_job(job, handle, tee(rd, run.on_log, broken), hooks.keep_running)
         outcome = await _collect(run, job, handle, outcome, rd, tmp, broken)
-        recording = asyncio.ensure_future(record(run, record_lock, outcome))
-        try:
-            return await asyncio.shield(recording)
-        except asyncio.CancelledError:
-            return await recording
-        finally:
-            if recording.done():
-                await forget(tmp, handle.run_id, job)  # recorded: the handle goes only now
+        return await record_ended(run, record_lock, outcome, tmp, job)
     finally:
         record_lock.release()
         live.release()
+
+
+async def record_ended(
+    run: Run, record_lock: GcLock, outcome: RunOutcome | None, tmp: str, job: JobDriver | None
+) -> BuildResult:
+    """Record an ended job even if interrupted now (Ctrl-C while outputs are being hashed
+    must not throw a finished run away), then let the interruption proceed; for a job
+    driver's run, only then forget its handle."""
+    recording = asyncio.ensure_future(record(run, record_lock, outcome))
+    try:
+        return await asyncio.shield(recording)
+    except asyncio.CancelledError:
+        return await recording
+    finally:
+        if job is not None and recording.done():
+            await forget(tmp, run.run_id, job)  # recorded (or the store refused it)
 
 
 async def forget(scratch: str, run_id: str, job: JobDriver) -> None:
