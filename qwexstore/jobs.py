@@ -178,10 +178,13 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
     The job has ended when it has a marker and the scheduler no longer runs it (so the
     job's last processes are gone before the outputs are read), or when the scheduler
     says it ended and, checked again after that, there is still no marker. Polls start at
-    0.1 s and back off to ``max_interval`` while nothing happens. Cancellation propagates
+    0.1 s (for the first 3 s, and after any new log byte) and back off to ``max_interval``
+    while nothing happens. Cancellation propagates
     without cancelling the job (the caller decides). None: the job was cancelled."""
     offsets = {"stdout": 0, "stderr": 0} if offsets is None else offsets
     delay, gone = 0.1, 0
+    loop = asyncio.get_running_loop()
+    brisk_until = loop.time() + 3.0  # short jobs are common: poll every 0.1 s at first
     while True:
         marker = await driver.marker(handle)
         status = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
@@ -194,7 +197,7 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
             if gone >= 3:  # not a race with the marker's rename: the job died without one
                 await _drain(driver, handle, logs, offsets)
                 return outcome_of(None, status)
-        delay = 0.1 if moved else min(max_interval, delay * 1.5)
+        delay = 0.1 if moved or loop.time() < brisk_until else min(max_interval, delay * 1.5)
         await asyncio.sleep(delay)
 
 
@@ -237,27 +240,43 @@ def save_handle(scratch: str, handle: JobHandle) -> str:
     return path
 
 
+#: Parsed handles by path and inode: a handle file is written once (by rename) and only
+#: ever deleted, so its inode names its content (a sweep lists 100 handles per node).
+_PARSED: dict[str, tuple[int, JobHandle]] = {}
+
+
 def load_handle(scratch: str, run_id: str) -> JobHandle | None:
     path = os.path.join(_dir(scratch), run_id)
     try:
         with open(path, "rb") as f:
-            return msgspec.json.decode(f.read(), type=JobHandle)
+            ino = os.fstat(f.fileno()).st_ino
+            hit = _PARSED.get(path)
+            if hit is not None and hit[0] == ino:
+                return hit[1]
+            handle = msgspec.json.decode(f.read(), type=JobHandle)
     except FileNotFoundError:
         return None
     except (OSError, msgspec.DecodeError) as e:
         raise StoreError(f"job handle {path} is unreadable: {e}") from None
+    _PARSED[path] = (ino, handle)
+    return handle
 
 
 def list_handles(scratch: str) -> list[JobHandle]:
     """Every job handle in ``scratch``, oldest first (unreadable ones skipped)."""
     try:
-        names = sorted(n for n in os.listdir(_dir(scratch)) if ".tmp-" not in n)
+        with os.scandir(_dir(scratch)) as it:
+            entries = sorted((e for e in it if ".tmp-" not in e.name), key=lambda e: e.name)
     except FileNotFoundError:
         return []
     out = []
-    for n in names:
+    for e in entries:
+        known = _PARSED.get(e.path)
+        if known is not None and known[0] == e.inode():  # the same file, parsed before
+            out.append(known[1])
+            continue
         with contextlib.suppress(StoreError):
-            h = load_handle(scratch, n)
+            h = load_handle(scratch, e.name)
             if h is not None:
                 out.append(h)
     return out

@@ -37,10 +37,16 @@ from .script import template_identities
 from .source import Repo, SourceTree, find_repo
 from .tree import hash_entries, scan
 
-__all__ = ["QWEX_DIR", "FileInput", "Plan", "plan_file"]
+__all__ = ["DRV_FILES", "NEVER_SOURCE", "FileInput", "Plan", "plan_file"]
 
-#: The project's qwex directory, excluded from every source selection.
-QWEX_DIR = ".qwex"
+#: Excluded from every source selection: ``.qwex/`` holds runner config and ejected
+#: templates, qwex's own, which a job never reads.
+NEVER_SOURCE = ".qwex"
+#: Excluded from the default selection (no ``include``): a ``.drv`` file's content is in
+#: the key already, through its derivation, and a sweep of 100 .drv files would otherwise
+#: stage all 100 into every job, and editing one would change every key of the sweep. An
+#: ``include`` that names .drv files keeps them (checkout then restores them).
+DRV_FILES = "**/*.drv"
 
 
 class FileInput(msgspec.Struct):
@@ -216,12 +222,15 @@ def plan_parsed(
 ) -> Plan:
     """Plan an already-parsed derivation file whose relative paths start at ``base``.
 
-    ``.qwex/`` (runner config, ejected templates) is qwex's own and never source: editing
-    a runner's placement must not change keys (an ejected container template enters the
-    key by itself, as a TemplateIdentity)."""
-    if QWEX_DIR not in df.source.exclude:
+    :data:`NEVER_SOURCE` (and, without an ``include``, :data:`DRV_FILES`) is added to
+    ``[source] exclude``: editing a runner's placement or another .drv file must not
+    change keys (an ejected container template enters the key by itself, as a
+    TemplateIdentity)."""
+    never = [NEVER_SOURCE] if df.source.include else [NEVER_SOURCE, DRV_FILES]
+    extra = [p for p in never if p not in df.source.exclude]
+    if extra:
         df = msgspec.structs.replace(df, source=msgspec.structs.replace(
-            df.source, exclude=[*df.source.exclude, QWEX_DIR]))
+            df.source, exclude=[*df.source.exclude, *extra]))
     # Source
     root = find_repo(os.path.join(base, df.source.repo) if df.source.repo else base)
     repo = Repo(root)

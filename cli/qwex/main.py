@@ -66,6 +66,11 @@ def main() -> None:
     """Console-script entry point."""
     if _hit(sys.argv[1:]):
         return
+    if sys.argv[1:2] == ["agent"]:  # the execution side of a remote job: no CLI framework
+        from .agent_run import fast
+
+        if fast(sys.argv[1:]):
+            return
     from .app import app
 
     app(prog_name="qwex")
