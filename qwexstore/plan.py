@@ -7,6 +7,7 @@ hashes inputs through the stat cache, and hashes the derivation. Keep it light.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import stat
 from typing import Literal
@@ -47,6 +48,9 @@ NEVER_SOURCE = ".qwex"
 #: stage all 100 into every job, and editing one would change every key of the sweep. An
 #: ``include`` that names .drv files keeps them (checkout then restores them).
 DRV_FILES = "**/*.drv"
+
+#: The repositories of the planning in progress, by root (one Repo each: see Repo._read).
+_REPOS: contextvars.ContextVar[dict[str, Repo] | None] = contextvars.ContextVar("qwex_repos", default=None)
 
 
 class FileInput(msgspec.Struct):
@@ -191,6 +195,13 @@ def plan_file(
 ) -> Plan:
     """Parse, select, hash; plan ``drv:`` upstreams recursively. Raises UserError subclasses
     for every bad input; DrvFileError naming the cycle if the files form one."""
+    if _REPOS.get() is None:  # the top of one planning: its repositories are read once
+        token = _REPOS.set({})
+        try:
+            return plan_file(drv_path, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned,
+                             runner=runner, _stack=_stack)
+        finally:
+            _REPOS.reset(token)
     drv_path = os.path.abspath(drv_path)
     if drv_path in _stack:
         cycle = " -> ".join(os.path.basename(p) for p in (*_stack[_stack.index(drv_path) :], drv_path))
@@ -233,7 +244,8 @@ def plan_parsed(
             df.source, exclude=[*df.source.exclude, *extra]))
     # Source
     root = find_repo(os.path.join(base, df.source.repo) if df.source.repo else base)
-    repo = Repo(root)
+    repos = _REPOS.get()
+    repo = Repo(root) if repos is None else repos.setdefault(root, Repo(root))
     selector = Selector(df.source.include, df.source.exclude)
     head = repo.head()
     if head is None:

@@ -106,18 +106,28 @@ class Repo:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._memo: dict[tuple[str, ...], bytes] = {}
+
+    def _read(self, *args: str) -> bytes:
+        """``git ARGS``'s output, asked once per Repo: planning a sweep of 100 derivations
+        in one repository reads HEAD, its status and its tree once, not 100 times. A Repo
+        lives for one planning (the answers are the repository's state at that moment)."""
+        out = self._memo.get(args)
+        if out is None:
+            out = self._memo[args] = _git(self.root, *args)
+        return out
 
     def commit_of(self, rev: str) -> str:
         """Full commit id of ``rev``; SourceError naming the revision if it does not exist."""
         try:
-            return _git(self.root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
+            return self._read("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
         except SourceError:
             raise SourceError(f"unknown revision {rev!r} in {self.root}") from None
 
     def head(self) -> str | None:
         """The commit HEAD points at, or None in a repository without commits."""
         try:
-            return _git(self.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip()
+            return self._read("rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip()
         except SourceError:
             return None
 
@@ -129,7 +139,7 @@ class Repo:
         an ``include`` pattern that matches no path of the tree, and selected git-lfs
         pointer files (:meth:`_refuse_lfs_pointers`).
         """
-        out = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", commit)
+        out = self._read("ls-tree", "-r", "-z", "--full-tree", commit)
         entries: list[SourceEntry] = []
         pending = {p: Selector([p], []) for p in selector.include} if strict else {}
         attrs: list[str] = []
@@ -220,7 +230,7 @@ class Repo:
         """(changed, untracked): selected tracked files whose working-tree or index state
         differs from HEAD, and selected untracked files that are not ignored. One
         ``git status``."""
-        out = _git(self.root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+        out = self._read("status", "--porcelain=v1", "-z", "--untracked-files=all")
         recs = out.split(b"\0")
         changed: set[str] = set()
         untracked: set[str] = set()
