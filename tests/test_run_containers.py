@@ -157,7 +157,7 @@ def test_ssh_podman_build_runs_remotely_in_the_container(
     assert built.key == local_key and not built.cached
     env = check_outputs(qwex, tmp_path, built, values)
     assert env["QWEX_RUN_DIR"] == str(root / "jobs" / built.run_id / "work")  # it ran on the "remote"
-    assert (root / "jobs" / built.run_id / "marker.json").is_file()
+    assert not (root / "jobs" / built.run_id).exists()  # recorded: the remote job dir is cleaned up
 
 
 # -- singularity (Apptainer TEST STAND-IN) ---------------------------------------------------------
