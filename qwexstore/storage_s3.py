@@ -30,7 +30,7 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -39,6 +39,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
 from .errors import ObjectNotFound, StoreError
+from .loopcache import PerLoop
 from .storage_batch import batched_exists, read_upto
 from .storage_retry import describe, retrying
 from .storage_types import Capabilities, ObjectInfo, Versioned
@@ -115,31 +116,12 @@ class S3Storage:
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.capabilities = Capabilities(concurrency=concurrency)
         self._endpoint, self._profile, self._region = endpoint, profile, region
-        self._clients: dict[asyncio.AbstractEventLoop, asyncio.Future[Any]] = {}
-        self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._clients: PerLoop[Any] = PerLoop(self._shutdown)
         self._session: AioSession | None = None
 
-    # -- connection per event loop ---------------------------------------------------------
+    # -- connection per event loop (qwexstore.loopcache) ------------------------------------
     async def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        for old in [lp for lp in self._clients if lp.is_closed()]:
-            del self._clients[old]
-            self._keepers.pop(old, None)
-        fut = self._clients.get(loop)
-        if fut is None:
-            fut = self._clients[loop] = loop.create_future()
-            try:
-                client = await self._connect()
-            except BaseException as e:
-                del self._clients[loop]
-                fut.set_exception(e)
-                fut.exception()  # retrieved: later waiters get their own attempt
-                raise
-            fut.set_result(client)
-            keeper = self._keeper(client)
-            await keeper.__anext__()  # registers with the loop's async-generator finalizer
-            self._keepers[loop] = keeper
-        return await asyncio.shield(fut)
+        return await self._clients.get(self._connect)
 
     async def _connect(self) -> Any:
         try:
@@ -176,21 +158,8 @@ class S3Storage:
         """Close the botocore client (its connection pool)."""
         await client._qwex_ctx.__aexit__(None, None, None)
 
-    @staticmethod
-    async def _keeper(client: Any) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await S3Storage._shutdown(client)
-
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        fut = self._clients.pop(loop, None)
-        keeper = self._keepers.pop(loop, None)
-        if keeper is not None:
-            await keeper.aclose()  # type: ignore[attr-defined]
-        elif fut is not None and fut.done() and not fut.exception():
-            await self._shutdown(fut.result())
+        await self._clients.close()
 
     # -- calls ------------------------------------------------------------------------------
     def _key(self, path: str) -> str:

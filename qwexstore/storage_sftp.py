@@ -30,12 +30,13 @@ import errno
 import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncssh
 
 from .errors import ObjectNotFound, StoreError
+from .loopcache import PerLoop
 from .ssh_connect import ssh_connect
 from .storage_batch import batched_exists, read_upto
 from .storage_retry import describe, retrying
@@ -105,30 +106,11 @@ class SftpStorage:
         who = f"{user}@" if user else ""
         self.url = f"ssh://{who}{host}{f':{port}' if port else ''}{self.root}"
         self.capabilities = Capabilities(concurrency=concurrency)
-        self._conns: dict[asyncio.AbstractEventLoop, asyncio.Future[_Conn]] = {}
-        self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._conns: PerLoop[_Conn] = PerLoop(lambda c: c.close())
 
-    # -- connection per event loop -----------------------------------------------------------
+    # -- connection per event loop (qwexstore.loopcache) --------------------------------------
     async def _conn(self) -> _Conn:
-        loop = asyncio.get_running_loop()
-        for old in [lp for lp in self._conns if lp.is_closed()]:
-            del self._conns[old]
-            self._keepers.pop(old, None)
-        fut = self._conns.get(loop)
-        if fut is None:
-            fut = self._conns[loop] = loop.create_future()
-            try:
-                c = await self._connect()
-            except BaseException as e:
-                del self._conns[loop]
-                fut.set_exception(e)
-                fut.exception()
-                raise
-            fut.set_result(c)
-            keeper = self._keeper(loop)
-            await keeper.__anext__()  # registers with the loop's async-generator finalizer
-            self._keepers[loop] = keeper
-        return await asyncio.shield(fut)
+        return await self._conns.get(self._connect)
 
     async def _connect(self) -> _Conn:
         if self._borrow is not None:
@@ -151,25 +133,13 @@ class SftpStorage:
             raise StoreError(f"{self.url}: cannot connect: {describe(e)}") from e
         return _Conn(conn, await conn.start_sftp_client())
 
-    async def _keeper(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            fut = self._conns.pop(loop, None)
-            if fut is not None and fut.done() and not fut.exception():
-                await fut.result().close()
-
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        keeper = self._keepers.pop(loop, None)
-        if keeper is not None:
-            await keeper.aclose()  # type: ignore[attr-defined]
+        await self._conns.close()
 
     async def _drop(self, failed: _Conn) -> None:
         """Close this loop's connection after a transient failure on it (unless another
         operation already replaced it): the retry reconnects."""
-        fut = self._conns.get(asyncio.get_running_loop())
-        if fut is not None and fut.done() and not fut.exception() and fut.result() is failed:
+        if self._conns.current() is failed:
             await self.close()
 
     async def _call(self, what: str, path: str, op: Callable[[Any, int], Awaitable[T]]) -> T:
