@@ -44,6 +44,7 @@ __all__ = [
     "list_handles",
     "load_handle",
     "outcome_of",
+    "run_to_end",
     "save_handle",
 ]
 
@@ -217,6 +218,23 @@ async def _drain(driver: JobDriver, handle: JobHandle, logs: LogSink, offsets: d
             logs(stream, chunk)
             moved = True
     return moved
+
+
+async def run_to_end(driver: JobDriver, plan: RunPlan, logs: LogSink) -> RunOutcome:
+    """A job driver's ``Driver.run``: submit (with no store: a job on this machine), follow
+    to the end; on cancellation cancel the job, then re-raise. The core uses the steps
+    instead (build.py), which persist the handle and can attach."""
+    handle = await driver.submit(plan, None)
+    try:
+        out = await follow(driver, handle, logs)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(driver.cancel(handle))
+        raise
+    if out is None:
+        now = time.time_ns()
+        return RunOutcome("failed", None, now, now, "the job was cancelled")
+    return out
 
 
 # -- handles on disk ------------------------------------------------------------------------

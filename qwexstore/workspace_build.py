@@ -68,12 +68,14 @@ async def build(
         from .jobs import JobDriver
 
         name = driver_for(node.layers)
+        if name == "local":
+            return None  # the local driver: one per run, loaded by realize as before
         if name not in shared:
             d = load_driver(name)
             same = [x for x in shared.values() if type(x) is type(d)]
             shared[name] = same[0] if same else d
         d = shared[name]
-        return d if isinstance(d, JobDriver) else None  # the local driver: one per run, as before
+        return d if isinstance(d, JobDriver) else None
 
     async def build_one(node: Plan) -> BuildResult:
         hit = lookup(index, node.key, realised)

@@ -28,8 +28,6 @@ loop-bound object, so it outlives ``asyncio.run``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +36,7 @@ from typing import NamedTuple, Protocol
 
 from qwexstore.driver import LogSink, RunOutcome, RunPlan
 from qwexstore.errors import PermanentDriverError
-from qwexstore.jobs import JobDriver, JobHandle, JobState, JobStatus, Marker, follow
+from qwexstore.jobs import JobDriver, JobHandle, JobState, JobStatus, Marker, run_to_end
 
 __all__ = ["Call", "FakeJob", "FakeJobDriver", "FakeRegistry"]
 
@@ -253,18 +251,8 @@ class FakeJobDriver:
         return f"# fake job driver: {plan.name} ({plan.run_id}) would run {plan.argv!r}\n"
 
     async def run(self, plan: RunPlan, logs: LogSink) -> RunOutcome:
-        """Submit and follow; cancelled: cancel the job, then re-raise."""
-        handle = await self.submit(plan, None)
-        try:
-            out = await follow(self, handle, logs)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.cancel(handle))
-            raise
-        if out is None:
-            now = time.time_ns()
-            return RunOutcome("failed", None, now, now, "the job was cancelled")
-        return out
+        """Submit and follow; cancelled: cancel the job, then re-raise (jobs.run_to_end)."""
+        return await run_to_end(self, plan, logs)
 
     async def close(self) -> None:
         self._note("close", [])

@@ -30,7 +30,7 @@ import msgspec
 from qwexstore.compose import JobPaths, Stack, compile_job, local_paths, mask_env, split_stack
 from qwexstore.driver import LogSink, RunOutcome, RunPlan
 from qwexstore.errors import PermanentDriverError
-from qwexstore.jobs import JobHandle, JobStatus, Marker, follow
+from qwexstore.jobs import JobHandle, JobStatus, Marker, run_to_end
 from qwexstore.store import Store
 
 from .sched_none import NoScheduler
@@ -292,17 +292,8 @@ class StackDriver:
     async def run(self, plan: RunPlan, logs: LogSink) -> RunOutcome:
         """Submit, follow, and (on cancellation) cancel: the whole lifecycle in one call,
         for a job on this machine (an ssh job needs the store: the core uses the steps)."""
-        handle = await self.submit(plan, None)
         try:
-            out = await follow(self, handle, logs)
-            if out is None:
-                now = time.time_ns()
-                return RunOutcome("failed", None, now, now, "the job was cancelled (qwex cancel)")
-            return out
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.cancel(handle))
-            raise
+            return await run_to_end(self, plan, logs)
         finally:
             await self.close()
 
