@@ -72,7 +72,11 @@ class StoreLocation(msgspec.Struct, frozen=True):
     async def _remote_exists(self) -> bool:
         from .storage import open_storage
 
-        (ok,) = await open_storage(self.url).exists([VERSION_FILE])
+        storage = open_storage(self.url)
+        try:
+            (ok,) = await storage.exists([VERSION_FILE])
+        finally:
+            await storage.close()  # its own connection: not left to the garbage collector
         return ok
 
     def require(self) -> None:

@@ -44,7 +44,7 @@ class PerLoop(Generic[T]):
                 fut.exception()  # retrieved: later waiters make their own attempt
                 raise
             fut.set_result(conn)
-            keeper = self._keeper(loop, conn)
+            keeper = _keeper(self._futs, loop, conn, self._shutdown)
             await keeper.__anext__()  # registers with the loop's async-generator finalizer
             self._keepers[loop] = keeper
         return await asyncio.shield(fut)
@@ -67,9 +67,18 @@ class PerLoop(Generic[T]):
         elif conn is not None:
             await self._shutdown(conn)
 
-    async def _keeper(self, loop: asyncio.AbstractEventLoop, conn: T) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            self._futs.pop(loop, None)
-            await self._shutdown(conn)
+
+async def _keeper(
+    futs: dict[asyncio.AbstractEventLoop, asyncio.Future[T]],
+    loop: asyncio.AbstractEventLoop,
+    conn: T,
+    shutdown: Callable[[T], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """Closes ``conn`` when finalized. A free function, holding no reference back to its
+    PerLoop: a storage dropped without ``close()`` frees it at once (no reference cycle),
+    and the loop's async-generator finalizer closes the connection while the loop runs."""
+    try:
+        yield
+    finally:
+        futs.pop(loop, None)
+        await shutdown(conn)
