@@ -29,7 +29,7 @@ from typing import Literal, Protocol, runtime_checkable
 import msgspec
 
 from .driver import LogSink, RunOutcome, RunPlan
-from .errors import StoreError
+from .errors import StoreError, TransientDriverError
 from .layers import Layer
 
 __all__ = [
@@ -178,19 +178,36 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
 
     The job has ended when it has a marker and the scheduler no longer runs it (so the
     job's last processes are gone before the outputs are read), or when the scheduler
-    says it ended and, checked again after that, there is still no marker. Polls start at
-    0.1 s (for the first 3 s, and after any new log byte) and back off to ``max_interval``
-    while nothing happens. Cancellation propagates
-    without cancelling the job (the caller decides). None: the job was cancelled."""
+    says it ended and, checked three times (with the job never seen live in between),
+    there is still no marker. Polls start at 0.1 s (for the first 3 s, and after any new
+    log byte) and back off to ``max_interval`` while nothing happens.
+    A TransientDriverError (a lost connection, a controller restarting) is retried, backing
+    off to 5 s, until ``QWEX_DRIVER_RETRY_S`` seconds (default 60) pass without one poll
+    succeeding; then it propagates and the job stays in flight (its handle is kept).
+    Cancellation propagates without cancelling the job (the caller decides).
+    None: the job was cancelled."""
     offsets = {"stdout": 0, "stderr": 0} if offsets is None else offsets
     delay, gone = 0.1, 0
     loop = asyncio.get_running_loop()
     brisk_until = loop.time() + 3.0  # short jobs are common: poll every 0.1 s at first
+    failing_since: float | None = None
     while True:
-        marker = await driver.marker(handle)
-        status = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
-        moved = await _drain(driver, handle, logs, offsets)
-        if status.state not in LIVE:
+        try:
+            marker = await driver.marker(handle)
+            status = (await driver.status([handle])).get(handle.run_id, JobStatus("unknown"))
+            moved = await _drain(driver, handle, logs, offsets)
+        except TransientDriverError:
+            now = loop.time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= driver_retry_budget():
+                raise
+            delay = min(5.0, max(0.5, delay * 2))
+            await asyncio.sleep(delay)
+            continue
+        failing_since = None
+        if status.state in LIVE:
+            gone = 0
+        else:
             if marker is not None:
                 await _drain(driver, handle, logs, offsets)
                 return outcome_of(marker, status)
@@ -200,6 +217,18 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
                 return outcome_of(None, status)
         delay = 0.1 if moved or loop.time() < brisk_until else min(max_interval, delay * 1.5)
         await asyncio.sleep(delay)
+
+
+#: Seconds of failing polls :func:`follow` rides out before giving up (``QWEX_DRIVER_RETRY_S``).
+DEFAULT_DRIVER_RETRY_S = 60.0
+
+
+def driver_retry_budget() -> float:
+    """``QWEX_DRIVER_RETRY_S`` as seconds (>= 0), else :data:`DEFAULT_DRIVER_RETRY_S`."""
+    try:
+        return max(0.0, float(os.environ.get("QWEX_DRIVER_RETRY_S", DEFAULT_DRIVER_RETRY_S)))
+    except ValueError:
+        return DEFAULT_DRIVER_RETRY_S
 
 
 #: At most this many reads per log per poll: a log that never ends (a job that points its

@@ -480,14 +480,44 @@ def test_ctrl_c_waits_for_the_cancelled_job_to_stop_before_recording(tmp_path: P
 
 
 def _lose_the_connection_while_following(ws: Workspace, plan: Plan, fake: FakeJobDriver) -> None:
+    """Every poll fails for longer than the retry budget (shortened here to 0.3 s)."""
     async def go() -> None:
         task = asyncio.create_task(ws.build(plan, driver=fake))
         await _until(lambda: _polled(fake, 1), "the job polled")
-        fake.registry.fail("status", TransientDriverError("connection lost"))
+        fake.registry.fail("status", TransientDriverError("connection lost"), times=1000)
         with pytest.raises(TransientDriverError):
             await task
 
-    asyncio.run(go())
+    os.environ["QWEX_DRIVER_RETRY_S"] = "0.3"
+    try:
+        asyncio.run(go())
+    finally:
+        del os.environ["QWEX_DRIVER_RETRY_S"]
+        fake.registry.faults.clear()
+
+
+def test_a_connection_lost_for_a_while_is_ridden_out(tmp_path: Path, lab: GitRepo) -> None:
+    """Polls that fail for a few seconds (a dropped connection, a controller restarting)
+    do not end the build: it goes on following the same job and records it once."""
+    gate = threading.Event()
+    fake = FakeJobDriver(lambda plan: FakeJob(outputs={"out/x": b"1"}, gate=gate))
+
+    async def go(ws: Workspace) -> object:
+        task = asyncio.create_task(ws.build(ws.plan(str(lab.path / "a.drv")), driver=fake))
+        await _until(lambda: _polled(fake, 1), "the job polled")
+        fake.registry.fail("status", TransientDriverError("connection lost"), times=3)
+        fake.registry.fail("marker", TransientDriverError("connection lost"), times=2)
+        await _until(lambda: not fake.registry.faults.get("status"), "the failures were seen")
+        gate.set()
+        return await task
+
+    with _ws(tmp_path, lab) as ws:
+        result = asyncio.run(go(ws))
+        run_id = _only(fake)
+        assert getattr(result, "run_id", None) == run_id and getattr(result, "files", None) == 1
+        assert _run_record(ws, run_id).status == "succeeded"
+        assert list_handles(ws.scratch) == []
+    assert len(fake.registry.ops("submit")) == 1
 
 
 def test_a_driver_error_while_following_leaves_the_job_in_flight(tmp_path: Path, lab: GitRepo) -> None:

@@ -111,14 +111,17 @@ def test_client_killed_then_build_attaches_once(env: Qwex, git_repo: GitRepo, sl
     drv = _repo(git_repo, job("--count", str(count), "--sleep", "3", "--out", "y=2"))
     p = env.popen("build", str(drv), "--runner", "cluster", cwd=git_repo.path,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not list((env.store / "tmp" / "jobs").glob("*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    handles = [h for h in (env.store / "tmp" / "jobs").glob("*") if ".tmp-" not in h.name]
-    assert handles, "no job handle was saved"
-    run_id = json.loads(handles[0].read_bytes())["run_id"]
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    try:
+        jobs = env.store / "tmp" / "jobs"
+        deadline = time.monotonic() + 30
+        # the handle is written to a temp name, fsynced, then renamed: wait for the rename
+        while not (handles := [h for h in jobs.glob("*") if ".tmp-" not in h.name]):
+            assert time.monotonic() < deadline, "no job handle was saved"
+            time.sleep(0.1)
+        run_id = json.loads(handles[0].read_bytes())["run_id"]
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
     built = env.build(drv, "--runner", "cluster", cwd=git_repo.path)
     assert built.run_id == run_id and not built.cached
     assert count.read_text().count("ran") == 1

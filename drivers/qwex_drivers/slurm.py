@@ -11,7 +11,11 @@ Contracts:
   finished ones for MinJobAge seconds), then ``sacct -X`` (the accounting database, where
   there is one) and ``sacct -c`` (the ``jobcomp/filetxt`` file) for jobs squeue forgot.
   A live squeue state wins (a requeued job has an old terminal record in sacct); else the
-  last terminal sacct record; else squeue's terminal state; else ``unknown``.
+  last terminal sacct record; else squeue's terminal state; else ``unknown``. A state
+  squeue shows that is not a known end (a flag this table lacks) counts as live: the
+  controller still holds the job. When squeue itself failed, nothing is concluded
+  (TransientDriverError): without it an old sacct record cannot be told from the end of a
+  job that is being requeued.
 - **States** map by their FIRST token (``CANCELLED by 0`` is ``CANCELLED``), see
   :data:`BUCKETS`. Anything unlisted, ``UNKNOWN`` included, is ``unknown``: never success.
   The marker, not this hint, decides the outcome.
@@ -42,6 +46,9 @@ BUCKETS: Final[dict[str, JobState]] = {
     "REQUEUE_FED": "pending",
     "SPECIAL_EXIT": "pending",  # requeued and held after a special exit code
     "RESV_DEL_HOLD": "pending",
+    "EXPEDITING": "pending",  # requeued with top priority
+    "POWER_UP_NODE": "pending",
+    "LAUNCH_FAILED": "pending",  # the launch failed; SLURM requeues or holds it
     "RUNNING": "running",
     "COMPLETING": "running",  # processes may still be alive: not done until they are gone
     "SUSPENDED": "running",
@@ -49,6 +56,7 @@ BUCKETS: Final[dict[str, JobState]] = {
     "RESIZING": "running",
     "SIGNALING": "running",
     "STAGE_OUT": "running",
+    "UPDATE_DB": "running",
     "COMPLETED": "succeeded",
     "FAILED": "failed",
     "TIMEOUT": "failed",
@@ -58,6 +66,8 @@ BUCKETS: Final[dict[str, JobState]] = {
     "DEADLINE": "failed",
     "PREEMPTED": "failed",  # a preempted job that requeues shows REQUEUED/PENDING instead
     "CANCELLED": "cancelled",
+    "REVOKED": "cancelled",  # federation: a sibling runs it
+    "RECONFIG_FAIL": "failed",
 }
 
 _WHY: Final = {
@@ -68,6 +78,7 @@ _WHY: Final = {
     "BOOT_FAIL": "node boot failure",
     "DEADLINE": "deadline passed",
     "PREEMPTED": "preempted and not requeued",
+    "RECONFIG_FAIL": "node configuration failed",
 }
 
 _ID: Final = re.compile(r"[0-9]+(_[0-9]+)?")
@@ -157,8 +168,8 @@ class SlurmScheduler:
 
     def parse_status(self, rc: int, out: bytes, ids: Sequence[str]) -> dict[str, JobStatus]:
         """Every id's status from :meth:`status_script`'s output (rules in the module doc).
-        Raises TransientDriverError when squeue failed and sacct did not answer for a job:
-        the controller may be restarting, and "unknown" would end the run."""
+        Raises TransientDriverError when squeue failed and did not show a job live: the
+        controller may be restarting, and sacct's records may predate a requeue."""
         wanted = set(ids)
         live: dict[str, JobStatus] = {}
         queued_done: dict[str, JobStatus] = {}
@@ -170,6 +181,8 @@ class SlurmScheduler:
                 squeue_rc = int(parts[2]) if parts[2].isdigit() else 1
             elif parts[0] == "Q" and len(parts) >= 4 and parts[1] in wanted:
                 st = _status(parts[2], wait_reason="|".join(parts[3:]))
+                if st.state == "unknown":  # a flag we do not know: the controller holds it
+                    st = JobStatus("pending", f"SLURM state {st.reason}")
                 (live if st.state in _LIVE else queued_done)[parts[1]] = st
             elif len(parts) == 3 and parts[0] in wanted:  # steps (ID.batch) never match an id
                 st = _status(parts[1], exit_code=parts[2])
@@ -177,17 +190,16 @@ class SlurmScheduler:
                     finished[parts[0]] = st  # the last record wins: the file is in time order
         result: dict[str, JobStatus] = {}
         for i in ids:
-            found = live.get(i) or finished.get(i) or queued_done.get(i)
-            if found is not None:
-                st = found
-            else:
-                if squeue_rc != 0:
-                    raise TransientDriverError(
-                        f"squeue failed (exit {squeue_rc}) while polling SLURM job {i}; is slurmctld up? "
-                        "Run `squeue --me` on the execution host"
-                    )
-                st = JobStatus("unknown", "SLURM no longer knows this job")
-            result[i] = st
+            if i in live:
+                result[i] = live[i]
+                continue
+            if squeue_rc != 0:
+                raise TransientDriverError(
+                    f"squeue failed (exit {squeue_rc}) while polling SLURM job {i}; is slurmctld up? "
+                    "Run `squeue --me` on the execution host"
+                )
+            found = finished.get(i) or queued_done.get(i)
+            result[i] = found if found is not None else JobStatus("unknown", "SLURM no longer knows this job")
         return result
 
     def cancel_script(self, ids: Sequence[str]) -> str:
