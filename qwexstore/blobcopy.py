@@ -27,7 +27,6 @@ import contextlib
 import errno
 import mmap
 import os
-import secrets
 import stat
 import threading
 from typing import Final
@@ -59,6 +58,8 @@ def file_mode(executable: bool, read_only: bool) -> int:
 def temp_name(directory: str) -> str:
     """A fresh name in ``directory`` of fixed length (a long destination name plus a
     suffix could exceed NAME_MAX)."""
+    import secrets  # random and hashlib: not imported by `qwex show`, which opens the store
+
     return os.path.join(directory, f".qwex-tmp-{secrets.token_hex(8)}")
 
 

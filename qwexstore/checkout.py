@@ -10,7 +10,6 @@ verified copies of the store's blobs; hard links to them only with ``link`` (``c
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 
@@ -22,9 +21,7 @@ from .globs import Selector
 from .index import Index
 from .manifest import Manifest
 from .records import RunRecord
-from .snapshot import restore
 from .store import Store
-from .tree import materialize
 
 __all__ = ["CheckoutResult", "checkout", "resolve_run"]
 
@@ -82,6 +79,13 @@ async def checkout(
     symlink). A source snapshot that is gone (``verify --repair`` removes a damaged one and
     keeps the results) is a StoreError naming it, before anything is written, unless
     ``outputs_only``: then only the outputs are written."""
+    # Here, not at the top: `qwex show` resolves runs through this module and needs
+    # neither shutil nor the snapshot reader (git objects, temp files).
+    import shutil
+
+    from .snapshot import restore
+    from .tree import materialize
+
     dest = os.path.abspath(dest)
     if os.path.islink(dest):  # to a directory or dangling: never write through it
         raise UserError(f"{dest} is a symbolic link; check out into a new or empty directory")

@@ -16,12 +16,10 @@ identity field of a layer the derivation declares.
 from __future__ import annotations
 
 import os
-import tomllib
 from typing import Any
 
 import msgspec
 
-from .drvfile import find_nul
 from .errors import DrvFileError
 from .layers import Layer, layer_fields
 from .schema import FormatError, convert, join_key
@@ -68,11 +66,19 @@ def qwex_home() -> str:
 
 
 def _load(path: str) -> Config:
+    # tomllib and the .drv parser only when a config file exists: `qwex ls`, `show` and the
+    # cache-hit path locate the store through this module (qwex_home) and read no file.
     try:
-        with open(path, "rb") as f:
-            raw: dict[str, Any] = tomllib.load(f)
+        f = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return Config()
+    import tomllib
+
+    from .drvfile import find_nul
+
+    try:
+        with f:
+            raw: dict[str, Any] = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise DrvFileError(path, f"malformed TOML: {e}") from None
     _check_layer_kinds(raw, path)

@@ -10,7 +10,6 @@ one comparison.
 from __future__ import annotations
 
 import os
-import signal
 
 __all__ = ["POINTS", "crashpoint"]
 
@@ -41,4 +40,6 @@ def crashpoint(name: str) -> None:
         return
     _hits += 1
     if _hits >= int(_NTH or 1):
+        import signal  # only when crashing: this module is on every path
+
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ anything is written.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import re
 import stat
@@ -36,9 +36,15 @@ _SYMLINK: Final = 0o120000
 #: A path can only be refused if it matches this (a fast pre-filter for the planning path):
 #: "git" (".git", "git~1", ".gitmodules"...), "mailmap", an HFS-ignorable code point, a
 #: backslash, or an empty, "." or ".." component.
-_SUSPECT: Final = re.compile(
+_SUSPECT: Final = (
     r"(?i)git|mailmap|[\\\x00\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]|(?:^|/)\.{0,2}(?:/|$)"
 )
+
+
+@functools.cache
+def _suspect() -> re.Pattern[str]:
+    """:data:`_SUSPECT`, compiled on first use (about 1 ms: planning a hit rarely needs it)."""
+    return re.compile(_SUSPECT)
 
 
 class GitEntry(NamedTuple):
@@ -51,6 +57,8 @@ class GitEntry(NamedTuple):
 
 def blob_oid(data: bytes, hex_len: int = 40) -> str:
     """git's object id of a blob holding ``data`` (SHA-1, or SHA-256 for 64-digit ids)."""
+    import hashlib  # staging and restore only: planning (the cache-hit path) never hashes a blob
+
     h = hashlib.sha256() if hex_len == 64 else hashlib.sha1(usedforsecurity=False)
     h.update(b"blob %d\0" % len(data))
     h.update(data)
@@ -96,7 +104,7 @@ def check_git_name(name: str, mode: int | None = None) -> str | None:
 
 def check_git_path(path: str, mode: int | None = None) -> str | None:
     """Why ``path`` (``/``-separated) may not be written, or None; see :func:`check_git_name`."""
-    if not _SUSPECT.search(path):
+    if not _suspect().search(path):
         return None
     parts = path.split("/")
     for i, part in enumerate(parts):

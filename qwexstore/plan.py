@@ -35,7 +35,7 @@ from .layers import (
 from .manifest import FileEntry, Manifest
 from .records import DerivationRecord, SourceRef
 from .script import template_identities
-from .source import Repo, SourceTree, find_repo
+from .source import Repo, RepoCache, SourceTree, open_repo
 from .tree import hash_entries, scan
 
 __all__ = ["DRV_FILES", "NEVER_SOURCE", "FileInput", "Plan", "plan_file"]
@@ -49,8 +49,8 @@ NEVER_SOURCE = ".qwex"
 #: ``include`` that names .drv files keeps them (checkout then restores them).
 DRV_FILES = "**/*.drv"
 
-#: The repositories of the planning in progress, by root (one Repo each: see Repo._read).
-_REPOS: contextvars.ContextVar[dict[str, Repo] | None] = contextvars.ContextVar("qwex_repos", default=None)
+#: The repositories of the planning in progress (one Repo each: see Repo._read).
+_REPOS: contextvars.ContextVar[RepoCache | None] = contextvars.ContextVar("qwex_repos", default=None)
 
 
 class FileInput(msgspec.Struct):
@@ -196,12 +196,14 @@ def plan_file(
     """Parse, select, hash; plan ``drv:`` upstreams recursively. Raises UserError subclasses
     for every bad input; DrvFileError naming the cycle if the files form one."""
     if _REPOS.get() is None:  # the top of one planning: its repositories are read once
-        token = _REPOS.set({})
+        repos = RepoCache()
+        token = _REPOS.set(repos)
         try:
             return plan_file(drv_path, index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned,
                              runner=runner, _stack=_stack)
         finally:
             _REPOS.reset(token)
+            repos.close()
     drv_path = os.path.abspath(drv_path)
     if drv_path in _stack:
         cycle = " -> ".join(os.path.basename(p) for p in (*_stack[_stack.index(drv_path) :], drv_path))
@@ -243,9 +245,10 @@ def plan_parsed(
         df = msgspec.structs.replace(df, source=msgspec.structs.replace(
             df.source, exclude=[*df.source.exclude, *extra]))
     # Source
-    root = find_repo(os.path.join(base, df.source.repo) if df.source.repo else base)
+    start = os.path.join(base, df.source.repo) if df.source.repo else base
     repos = _REPOS.get()
-    repo = Repo(root) if repos is None else repos.setdefault(root, Repo(root))
+    repo = open_repo(start) if repos is None else repos.at(start)  # its HEAD read with its root
+    root = repo.root
     selector = Selector(df.source.include, df.source.exclude)
     head = repo.head()
     if head is None:

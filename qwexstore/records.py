@@ -17,8 +17,6 @@ Unix epoch (UTC); no floats appear in any stored format.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Annotated, Final, Literal
 
@@ -166,6 +164,9 @@ class Signature(msgspec.Struct, forbid_unknown_fields=True, tag="qwex.signature/
 
 def _b64(text: str, size: int, what: str) -> bytes:
     """Decode canonical base64 of exactly ``size`` bytes; ValueError otherwise."""
+    import base64  # signatures only: reading a run record needs no base64
+    import binascii
+
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

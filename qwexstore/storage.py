@@ -22,20 +22,22 @@ filesystems, exclusive within one process), ``S3Storage`` (storage_s3.py) and
 ``SftpStorage`` (storage_sftp.py). Network backends bind their connections to the running
 event loop; call ``close()`` before that loop ends (each ``asyncio.run``).
 
-This module imports no backend library: opening a local store never imports fsspec.
+This module imports no backend library: opening a local store never imports fsspec, nor
+asyncio (``FsspecStorage`` is imported from storage_fsspec.py on first use of the name).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import StoreError, UserError
-from .storage_fsspec import FsspecStorage
 from .storage_local import LocalStorage
 from .storage_types import REF_PREFIXES, Capabilities, ObjectInfo, Versioned, is_ref_path
+
+if TYPE_CHECKING:
+    from .storage_fsspec import FsspecStorage
 
 __all__ = [
     "REF_PREFIXES",
@@ -130,6 +132,8 @@ def open_storage(
     first operation. Raise UserError for a malformed or unsupported URL."""
     if "://" not in url:
         return LocalStorage(os.path.expanduser(url))
+    from urllib.parse import unquote, urlsplit  # ipaddress, ~3 ms: only URLs need it
+
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -157,8 +161,19 @@ def open_storage(
             import fsspec  # deferred: costs ~100 ms to import, and only memory:// needs it here
         except ImportError as e:  # pragma: no cover - fsspec is a dependency
             raise StoreError(f"cannot open {url}: {e}") from e
+        from .storage_fsspec import FsspecStorage
+
         fs, root = fsspec.core.url_to_fs(url)
         return FsspecStorage(fs, root, url=url)
     raise UserError(
         f"{url}: unsupported store URL scheme {scheme!r} (use a path, s3://, ssh:// or memory://)"
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``FsspecStorage`` on first use (it imports asyncio, which a local store never needs)."""
+    if name == "FsspecStorage":
+        from .storage_fsspec import FsspecStorage
+
+        return FsspecStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

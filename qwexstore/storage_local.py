@@ -9,19 +9,19 @@ Refs: replaced by rename (atomic for readers) while holding an exclusive ``flock
 ``tmp/locks/refs.lock`` (the compare and the swap happen under it; gc keeps ``locks/``).
 The etag is the SHA-256 of the content.
 
-The object methods do their (fast, local) file I/O inline in the event loop; the ref
-writes, which may wait for the lock, run in a thread. Nothing here imports fsspec.
+The object methods do their (fast, local) file I/O inline in the event loop and never
+suspend (so :func:`qwexstore.syncrun.run_now` can drive them without a loop); the ref
+writes, which may wait for the lock, run in a thread. Nothing here imports fsspec, and
+asyncio, hashlib and shutil are imported only by the methods that use them (``qwex show``
+reads a local store without them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
@@ -49,6 +49,8 @@ def _syncfs(path: str) -> None:
 
 
 def _etag(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -131,6 +133,8 @@ class LocalStorage:
         if os.path.lexists(final):
             return False
         tmp = self._tmpname()
+        import shutil
+
         shutil.copyfile(src, tmp)  # streams (copy_file_range/sendfile), never whole in memory
         os.chmod(tmp, mode)
         return self._publish(tmp, final)
@@ -159,6 +163,8 @@ class LocalStorage:
         return fd
 
     async def get_file(self, path: str, dest: str) -> None:
+        import shutil
+
         try:
             os.close(self._open_regular(path))  # not a FIFO or a device (a symlink: ELOOP)
             shutil.copyfile(self._abs(path), dest)  # never a link: no inode leaves the store
@@ -230,6 +236,8 @@ class LocalStorage:
             return _etag(data)
 
     async def ref_put(self, path: str, data: bytes, *, expect: str | None) -> str | None:
+        import asyncio
+
         return await asyncio.to_thread(self._ref_put, path, data, expect)
 
     def _ref_delete(self, path: str, expect: str) -> bool:
@@ -241,4 +249,6 @@ class LocalStorage:
             return True
 
     async def ref_delete(self, path: str, *, expect: str) -> bool:
+        import asyncio
+
         return await asyncio.to_thread(self._ref_delete, path, expect)

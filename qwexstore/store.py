@@ -24,21 +24,23 @@ run record, then the realisation; each stage is durable (``Storage.sync``) befor
 starts. Signatures SHOULD precede the realisation they sign (a reader then never meets
 it unsigned) and MAY be added at any time after it. Everything outside ``leases/`` and
 ``refs/`` is write-once. Readers verify content against names (:class:`CorruptObject`).
+
+Reading records (``get_run``, ``get_derivation``, ``get_manifest``, ``get_realisation``,
+``open_store``) from a local store never suspends, so :func:`qwexstore.syncrun.run_now`
+runs them without an event loop; this module imports asyncio, threads and
+:mod:`qwexstore.blobcopy` only in the methods that copy blobs (``qwex show`` never loads them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 import msgspec
 
-from . import blobcopy, canonical
+from . import canonical
 from .derivation import derivation_hash
 from .digest import hash_bytes, hash_tagged, hex_of
 from .errors import CorruptObject, ObjectNotFound, StoreError, UserError
@@ -167,12 +169,18 @@ class Store:
         then verify it. The first error stops the rest and is raised; files already
         published stay (callers write into a directory they remove on error). Cancelled,
         it returns only once no worker is writing any more."""
+        from . import blobcopy  # threads and mmap: only copying blobs needs them
+
         root = self.local_root
         mode_for = {x: blobcopy.file_mode(x, read_only or link) for x in (False, True)}
         if root is None:
             for t in targets:
                 await self._fetch_verified(t, mode_for[t.executable])
             return
+
+        import asyncio
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
 
         stop = threading.Event()  # set on cancellation: start no further file
 
@@ -214,6 +222,10 @@ class Store:
 
     async def _fetch_verified(self, t: BlobTarget, mode: int) -> None:
         """A non-local store: raw transfer to a temporary name, verify, publish."""
+        import asyncio
+
+        from . import blobcopy
+
         where = self.blob_path(t.digest)
         tmp = blobcopy.temp_name(os.path.dirname(t.dest))
         try:

@@ -10,7 +10,8 @@ Use::
         result = hit or asyncio.run(ws.build(plan))   # build() disconnects when it ends
 
 Opening a workspace reads no config beyond locating the store and imports neither
-asyncio nor any remote-storage client: the cache-hit path (:meth:`lookup`) costs the
+asyncio nor any remote-storage client, nor the planner (git, the .drv parser) before
+:meth:`plan` is called: the cache-hit path (:meth:`lookup`) costs the
 index and one stat and never connects anywhere, substituters included. The store is
 opened on first need, inside the async method that needs it; :meth:`disconnect` (done by
 :meth:`build`, :meth:`checkout` and :meth:`rebuild_index` before they return) closes the
@@ -29,7 +30,6 @@ from .config import Config, load_config, qwex_home
 from .errors import StoreError, UserError
 from .index import Index
 from .location import StoreLocation, locate_store
-from .plan import Plan, plan_file
 
 if TYPE_CHECKING:
     import asyncio
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .jobrun import JobHooks
     from .jobs import JobHandle
     from .keys import SecretKey
+    from .plan import Plan
     from .reindex import RebuildReport
     from .store import Store
     from .substitute import Substituters
@@ -243,6 +244,8 @@ class Workspace:
     ) -> Plan:
         """Plan a .drv file (:func:`qwexstore.plan.plan_file`): parse, select the source,
         hash; ``drv:`` upstreams recursively."""
+        from .plan import plan_file  # git and the .drv parser: not for `ls` and `show`
+
         return plan_file(drv, self.index, allow_dirty=allow_dirty, allow_unpinned=allow_unpinned,
                          runner=runner)
 
