@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -144,7 +142,7 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.E
 
 def _interrupted_status() -> int:
     """128 + the signal that stopped qwex: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP)."""
-    return 128 + (STATE.stopped_by or signal.SIGINT)
+    return 128 + (STATE.stopped_by or 2)  # SIGINT is 2 on every POSIX system
 
 
 def run_async(make: Callable[[], Any]) -> Any:
@@ -161,6 +159,7 @@ def run_async(make: Callable[[], Any]) -> Any:
     anything else reaches asyncio's report.
     """
     import asyncio
+    import signal
 
     def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # ConnectionError too: when a server goes away mid-request, the HTTP client's own
@@ -211,6 +210,8 @@ def console() -> Console:
 
 def emit_json(obj: Any) -> None:
     """Machine output: one JSON document on stdout."""
+    import json
+
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 from qwexstore.errors import UserError
 
 from ._ctx import handles_errors, run_async
+from .argv import Shape, parse
 
 if TYPE_CHECKING:
     from qwexstore.store import Store
 
 __all__ = ["fast", "ingest", "stage"]
+
+_AGENT = Shape(values={"--store": "store", "--drv": "drv", "--workdir": "workdir"})
 
 
 async def _open(store: str, drv: str) -> Store:
@@ -53,20 +56,9 @@ def fast(argv: list[str]) -> bool:
     run it and return True; anything else: False (typer handles it, errors included)."""
     if len(argv) < 2 or argv[0] != "agent" or argv[1] not in ("stage", "ingest"):
         return False
-    opts: dict[str, str] = {}
-    rest = argv[2:]
-    i = 0
-    while i < len(rest):
-        name, eq, value = rest[i].partition("=")
-        if name not in ("--store", "--drv", "--workdir") or name in opts:
-            return False
-        if not eq:
-            if i + 1 >= len(rest):
-                return False
-            i, value = i + 1, rest[i + 1]
-        opts[name] = value
-        i += 1
-    if len(opts) != 3:
+    parsed = parse(argv[2:], _AGENT)
+    if parsed is None or len(parsed[1]) != 3:
         return False
-    (stage if argv[1] == "stage" else ingest)(opts["--store"], opts["--drv"], opts["--workdir"])
+    o = parsed[1]
+    (stage if argv[1] == "stage" else ingest)(o["store"], o["drv"], o["workdir"])
     return True

@@ -5,6 +5,7 @@ Imported by :func:`qwex.main.main` unless the cache-hit fast path answered first
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -54,7 +55,9 @@ def _global(
     if version:
         from qwexstore import __version__
 
-        print(f"qwex {__version__}")
+        from .out import say
+
+        say(sys.stdout, f"qwex {__version__}\n")
         raise typer.Exit()
     STATE.store_location = store
     STATE.located = None

@@ -54,14 +54,13 @@ def runs(json: Json = False) -> None:
     if not rows:
         print("no jobs in flight", file=sys.stderr)
         return
+    from .table import plain
+
     head = ("RUN", "NAME", "KEY", "RUNNER", "JOB", "STATE", "SINCE")
-    table = [head, *((h.run_id, h.name, h.key.removeprefix("blake3:")[:12],
-                      h.runner or _where(h.layers, h.host),
-                      h.scheduler_id, st.state + (f" ({st.reason})" if st.reason else ""),
-                      _since(h.submitted_ns)) for h, st in rows)]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    sys.stdout.write(plain(head, [(h.run_id, h.name, h.key.removeprefix("blake3:")[:12],
+                                   h.runner or _where(h.layers, h.host),
+                                   h.scheduler_id, st.state + (f" ({st.reason})" if st.reason else ""),
+                                   _since(h.submitted_ns)) for h, st in rows]))
 
 
 @handles_errors

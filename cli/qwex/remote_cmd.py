@@ -10,7 +10,7 @@ import typer
 
 from qwexstore.errors import UserError
 
-from ._ctx import console, emit_json, handles_errors, human_size, location, open_index, open_store, run_async
+from ._ctx import emit_json, handles_errors, human_size, location, open_index, open_store, run_async
 from ._options import Json
 
 if TYPE_CHECKING:
@@ -73,14 +73,10 @@ def list_(json: Json = False) -> None:
     if not rows:
         print("no remotes (add one with `qwex remote add NAME URL`)", file=sys.stderr)
         return
-    from rich.table import Table
+    from .table import print_table
 
-    table = Table(box=None, pad_edge=False)
-    for col in ("name", "url", "endpoint", "profile", "region"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(r[c] or "" for c in ("name", "url", "endpoint", "profile", "region")))
-    console().print(table)
+    cols = ("name", "url", "endpoint", "profile", "region")
+    print_table(cols, [[r[c] or "" for c in cols] for r in rows])
 
 
 @app.command()
