@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: What a peer's cells say when dvc is absent: the qwex figures are still measured.
+DVC_MISSING = "dvc not installed: skipped"
+
 #: An optional real repository to snapshot (e.g. a local mirror of nanoGPT); unset: skipped.
 NANOGPT_MIRROR = Path(os.environ.get("QWEX_BENCH_NANOGPT", "/nonexistent"))
 
@@ -68,6 +71,7 @@ class Record:
     qwex_label: str = ""
     peer_s: float | None = None
     peer_min_s: float | None = None
+    peer_note: str = ""  # shown instead of the peer's figure when it was not measured (DVC_MISSING)
     ratio: float | None = None
     passed: bool | None = None
     status: str = "ok"  # ok | no-qwex | skipped | error
@@ -174,6 +178,11 @@ def measure_many(items: list[tuple[str, Callable[[int], float]]], reps: int, war
     for t in timings:
         log(f"  {t.label}: median {fmt_s(t.median)}  min {fmt_s(t.min)}  (n={reps})")
     return timings
+
+
+#: A command to time in an interleaving beside others: (key, label, once); ``once`` as in
+#: :func:`measure`. The benchmark modules return their timings by key.
+Item = tuple[str, str, Callable[[int], float]]
 
 
 def settle() -> None:
@@ -552,8 +561,14 @@ class Ctx:
         self.data = Data(workdir, self.env, args.big_mib, args.small_files)
         self._n = 0
 
-    def reps(self, default: int) -> int:
-        return self.args.reps or default
+    @property
+    def quick(self) -> bool:
+        """``run.py --quick``: fewer repetitions, and the optional context rows left out."""
+        return bool(getattr(self.args, "quick", False))
+
+    def reps(self, default: int, quick: int = 5) -> int:
+        """``--reps``, else ``quick`` under ``--quick``, else ``default``."""
+        return self.args.reps or (quick if self.quick else default)
 
     def fresh(self, prefix: str) -> Path:
         self._n += 1

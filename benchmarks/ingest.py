@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness import (
+    DVC_MISSING,
+    CommandFailed,
     Ctx,
+    Item,
     Record,
     Timing,
     git,
@@ -26,6 +29,16 @@ from harness import (
 )
 
 
+def _check_linked(added: Path) -> None:
+    """Untimed: the workspace copy dvc added is hard-linked to its cache (one file checked),
+    i.e. the ``cache.type hardlink`` setting took effect."""
+    first = added
+    if added.is_dir():
+        first = next(p for p in sorted(added.rglob("*")) if p.is_file())
+    if first.stat().st_nlink < 2:
+        raise CommandFailed(f"dvc add did not hard-link {first} to its cache (cache.type hardlink ignored?)")
+
+
 def _dvc_add_once(ctx: Ctx, prefix: str, place: Callable[[Path], str]) -> Callable[[int], float]:
     """Fresh git+dvc repo per rep (hardlink cache); `place` puts the data in, untimed."""
     dvc = ctx.tools.need_dvc()
@@ -35,10 +48,14 @@ def _dvc_add_once(ctx: Ctx, prefix: str, place: Callable[[Path], str]) -> Callab
         d = ctx.fresh(prefix)
         git(env, d, "init", "-q", "-b", "main")
         run([*dvc, "init", "-q"], cwd=d, env=env)
-        run([*dvc, "config", "cache.type", "hardlink"], cwd=d, env=env)
+        # what `dvc config cache.type hardlink` writes (to a fresh, empty .dvc/config), without
+        # another ~0.9 s dvc start-up per repetition
+        with open(d / ".dvc" / "config", "a") as f:
+            f.write("[cache]\n    type = hardlink\n")
         target = place(d)
         settle()
         dt = time_cmd([*dvc, "add", "-q", target], cwd=d, env=env)
+        _check_linked(d / target)
         rmtree(d)
         return dt
 
@@ -68,8 +85,11 @@ def _qwex_build_once(
     return once
 
 
-def _ingest_pair(ctx: Ctx, q: list[str] | None, src: Path, name: str, prefix: str) -> list[Timing]:
-    """dvc add vs qwex build of the same data (a file or a tree), interleaved.
+def _ingest_pair(
+    ctx: Ctx, q: list[str] | None, src: Path, name: str, prefix: str, extra: Sequence[Item] = ()
+) -> dict[str, Timing]:
+    """dvc add vs qwex build of the same data (a file or a tree), and the ``extra`` commands,
+    interleaved; the timings by key (``"dvc"`` if dvc is installed, ``"qwex"``, the extra keys).
 
     --ingest-mode move (default): every rep gets a fresh private copy of the data
     (untimed; link count 1, like a file the job just wrote); dvc adds it in place, the
@@ -93,7 +113,10 @@ def _ingest_pair(ctx: Ctx, q: list[str] | None, src: Path, name: str, prefix: st
         return name
 
     how = "hard-linked pre-made data" if link else "a fresh private copy, placed untimed"
-    items = [(f"dvc add {name} (fresh repo+cache; {how})", _dvc_add_once(ctx, prefix + "-dvc", place))]
+    items: list[Item] = []
+    if ctx.tools.dvc:
+        label = f"dvc add {name} (fresh repo+cache; {how})"
+        items.append(("dvc", label, _dvc_add_once(ctx, prefix + "-dvc", place)))
     if q:
 
         def make_command() -> list[str]:
@@ -107,40 +130,64 @@ def _ingest_pair(ctx: Ctx, q: list[str] | None, src: Path, name: str, prefix: st
             return [ctx.tools.sh, "-c", shell]
 
         what = "cp -rl / ln of the pre-made data" if link else "mv of a fresh private copy"
-        items.append(
-            (
-                f"qwex build (miss, fresh QWEX_HOME; the job is `{what}` into out/)",
-                _qwex_build_once(ctx, q, prefix + "-qwex", make_command),
-            )
-        )
-    return measure_many(items, ctx.reps(3))
+        label = f"qwex build (miss, fresh QWEX_HOME; the job is `{what}` into out/)"
+        items.append(("qwex", label, _qwex_build_once(ctx, q, prefix + "-qwex", make_command)))
+    items += extra
+    # --quick: no warm-up (every repetition is a fresh repo and store anyway; it saves ~5 s)
+    warmup = 0 if ctx.quick else 1
+    timings = measure_many([(label, once) for _, label, once in items], ctx.reps(3, quick=2), warmup)
+    return {key: t for (key, _, _), t in zip(items, timings, strict=True)}
 
 
-def _ingest_record(ctx: Ctx, name: str, title: str, data: Path, dest: str, tag: str) -> Record:
-    """qwex build vs dvc add on the same data: the part both ingest benchmarks share."""
+def _ingest_record(
+    ctx: Ctx, name: str, title: str, data: Path, dest: str, tag: str, extra: Sequence[Item] = ()
+) -> tuple[Record, dict[str, Timing]]:
+    """qwex build vs dvc add on the same data (and ``extra``, interleaved): the part both
+    ingest benchmarks share. Without dvc the peer's cells say ``DVC_MISSING``."""
     rec = Record(name, title, peer_name="dvc add (cache.type hardlink)", target_ratio=0.5)
-    ctx.tools.need_dvc()
     ctx.tools.need_git()
     q = ctx.qwex()
-    timings = _ingest_pair(ctx, q, data, dest, tag)
-    rec.context += [t.as_dict() for t in timings]
-    rec.set_peer(timings[0])
+    got = _ingest_pair(ctx, q, data, dest, tag, extra)
+    rec.context += [t.as_dict() for t in got.values()]
+    if "dvc" in got:
+        rec.set_peer(got["dvc"])
+    else:
+        rec.peer_note = DVC_MISSING
     if q:
-        rec.set_qwex(timings[1])
+        rec.set_qwex(got["qwex"])
     else:
         rec.status = "no-qwex"
-    return rec
+    return rec, got
 
 
-def bench_ingest_1gib(ctx: Ctx) -> Record:
+def bench_ingest_1gib(ctx: Ctx) -> list[Record]:
+    """One big output file: qwex build vs dvc add, and vs cp (a second row, no target), all
+    three interleaved; hashing the same file (b3sum, python blake3, md5sum) as context."""
     big = ctx.data.big_file()
-    rec = _ingest_record(
-        ctx, "ingest_1gib", f"ingest one {ctx.args.big_mib} MiB output file", big, "big.bin", "ingest1g"
-    )
     env = ctx.env
-    reps = ctx.reps(3)
 
-    # context: hashing and copying the same file
+    def cp_once(i: int) -> float:
+        dst = ctx.workdir / "tmp" / "big-copy.bin"
+        dst.unlink(missing_ok=True)
+        settle()
+        dt = time_cmd([ctx.tools.cp, str(big), str(dst)], env=env)
+        dst.unlink()
+        return dt
+
+    size = f"{ctx.args.big_mib} MiB"
+    rec, got = _ingest_record(
+        ctx, "ingest_1gib", f"ingest one {size} output file", big, "big.bin", "ingest1g",
+        [("cp", "cp (full copy)", cp_once)],
+    )  # fmt: skip
+    vs_cp = Record("ingest_1gib_cp", f"ingest one {size} output file, against a plain copy", peer_name="cp")
+    vs_cp.set_peer(got["cp"])
+    if "qwex" in got:
+        vs_cp.set_qwex(got["qwex"])
+    else:
+        vs_cp.status = "no-qwex"
+    reps = ctx.reps(3, quick=2)
+
+    # context: hashing the same file
     b3sum, b3py = ctx.tools.b3sum, ctx.tools.blake3_python
     if b3sum:
         rec.context.append(
@@ -166,25 +213,15 @@ def bench_ingest_1gib(ctx: Ctx) -> Record:
                 "md5sum (the hash dvc uses)", reps, lambda i: time_cmd(["md5sum", str(big)], env=env)
             ).as_dict()
         )
-
-    def cp_once(i: int) -> float:
-        dst = ctx.workdir / "tmp" / "big-copy.bin"
-        dst.unlink(missing_ok=True)
-        settle()
-        dt = time_cmd([ctx.tools.cp, str(big), str(dst)], env=env)
-        dst.unlink()
-        return dt
-
-    rec.context.append(measure("cp (full copy)", reps, cp_once).as_dict())
-    return rec
+    return [rec, vs_cp]
 
 
 def bench_ingest_small(ctx: Ctx) -> Record:
     tree = ctx.data.small_tree()
     title = f"ingest {ctx.args.small_files:,} small files (1-4 KiB, ~100 dirs)"
-    rec = _ingest_record(ctx, "ingest_10k", title, tree, "tree", "ingest10k")
+    rec, _ = _ingest_record(ctx, "ingest_10k", title, tree, "tree", "ingest10k")
     env = ctx.env
-    reps = ctx.reps(3)
+    reps = ctx.reps(3, quick=2)
 
     for flag, label in (("-r", "cp -r (full copy)"), ("-rl", "cp -rl (hard-link tree)")):
 

@@ -28,7 +28,8 @@ S3_ENV = {
 # --------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports nobody listens on (bound, then released)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -45,7 +46,7 @@ class Seaweed:
     def __init__(self, weed: str, root: Path):
         root.mkdir(parents=True, exist_ok=True)
         (root / "data").mkdir(exist_ok=True)
-        p = _free_ports(11)
+        p = free_ports(11)
         self.port = p[0]
         self.endpoint = f"http://{HOST}:{p[0]}"
         args = [

@@ -84,10 +84,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             q = _fig(r["qwex_s"], r["qwex_min_s"], r.get("qwex_p99_s"))
             res = {True: "PASS", False: "FAIL", None: "—"}[r["passed"]]
         ratio = f"{r['ratio']:.2f}×" if r.get("ratio") is not None else "—"
-        out.append(
-            f"| {title} | {q} | {peer} | "
-            f"{_fig(r['peer_s'], r['peer_min_s'])} | {ratio} | {_target(r)} | {res} |"
-        )
+        peer_fig = r.get("peer_note") or _fig(r["peer_s"], r["peer_min_s"])
+        if r.get("peer_note") and res == "—":
+            res = r["peer_note"]
+        out.append(f"| {title} | {q} | {peer} | {peer_fig} | {ratio} | {_target(r)} | {res} |")
     for n, e in enumerate(earlier, 1):
         out.append("")
         out.append(

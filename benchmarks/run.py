@@ -10,6 +10,7 @@ same files, beside the figure of its peer.
     python benchmarks/run.py --only cache_hit      # one benchmark (repeatable, or a,b)
     python benchmarks/run.py --qwex /path/to/qwex --json results.json
     python benchmarks/run.py --markdown results.json   # render a saved run
+    python benchmarks/run.py --quick --qwex .venv/bin/qwex   # < 60 s; what CI prints (.ci/run)
 
 See benchmarks/README.md for what each benchmark measures.
 """
@@ -26,11 +27,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from execute import bench_execute
-from harness import Bench, CommandFailed, Ctx, Record, Skip, Tools, log, rmtree
+from fastpath import bench_cache_hit
+from harness import DVC_MISSING, Bench, CommandFailed, Ctx, Record, Skip, Tools, log, rmtree
 from index_scale import bench_index_scale
 from ingest import bench_ingest_1gib, bench_ingest_small
 from materialize import bench_materialize
-from pipelines import bench_cache_hit, bench_pipeline_3stage
+from pipelines import bench_pipeline_3stage
 from remote import bench_remote
 from report import README, merge_results, meta_info, render_markdown, update_readme
 from snapshots import bench_snapshot, bench_snapshot_incremental, bench_snapshot_nanogpt
@@ -49,6 +51,11 @@ BENCHMARKS: dict[str, Bench] = {
     "remote": bench_remote,
     "execute": bench_execute,
 }
+
+#: ``--quick``: the fast paths and a small ingest, fewer repetitions (under a minute in all).
+QUICK = ["cache_hit", "pipeline_3stage", "ingest_1gib"]
+#: ``--quick``'s size of the big file (MiB), unless ``--big-mib`` is given.
+QUICK_BIG_MIB = 100
 
 #: The saved results the README table is generated from.
 RESULTS = README.parent / "results.json"
@@ -84,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "--reps",
         type=int,
         default=0,
-        help="timed repetitions per figure (default: 10 cache hits and index_scale, 5 snapshot, 3 ingest)",
+        help="timed repetitions per figure (default: 10 cache hits and index_scale, 5 snapshot, 3 ingest; "
+        "--quick: 5, 2 ingest)",
     )
     ap.add_argument(
         "--qwex-python",
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         help="how the ingest jobs produce their output: mv a fresh private copy (default; link "
         "count 1, like a freshly written file) or hard-link the pre-made data (qwex then copies)",
     )
-    ap.add_argument("--big-mib", type=int, default=1024, help="size of the big file (MiB)")
+    ap.add_argument("--big-mib", type=int, help="size of the big file (MiB; default 1024, --quick 100)")
     ap.add_argument("--small-files", type=int, default=10_000, help="number of small files")
     ap.add_argument(
         "--json",
@@ -124,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         "else with benchmarks/results.json",
     )
     ap.add_argument("--list", action="store_true", help="list benchmark names")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"for visibility (CI prints it): {', '.join(QUICK)} (or --only), a {QUICK_BIG_MIB} MiB "
+        "file, 5 repetitions (2 for ingest); exits 0 when targets are missed, 1 only on errors",
+    )
     args = ap.parse_args(argv)
+    if args.quick and args.update_readme:
+        ap.error("--quick figures are for visibility: they do not go into the README")
+    if args.big_mib is None:
+        args.big_mib = QUICK_BIG_MIB if args.quick else 1024
 
     if args.list:
         print("\n".join(BENCHMARKS))
@@ -141,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in only:
         if n not in BENCHMARKS:
             ap.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHMARKS)}")
-    names = only or list(BENCHMARKS)
+    names = only or (QUICK if args.quick else list(BENCHMARKS))
+    started = time.perf_counter()
 
     fresh_workdir = not args.workdir
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="qwex-bench-")).resolve()
@@ -151,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if not tools.qwex:
         log("qwex not found (pass --qwex PATH): measuring the peers only")
     if not tools.dvc:
-        log("dvc not found: `pip install dvc` (or pass --dvc PATH); dvc benchmarks will be skipped")
+        log(f"dvc not found (pass --dvc PATH): dvc's cells will say: {DVC_MISSING}")
     ctx = Ctx(args, tools, workdir)
     meta = meta_info(tools, workdir)
     meta["loadavg_start"] = os.getloadavg()
@@ -198,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             log(f"note: the README now shows this run's rows, but {RESULTS} was not rewritten (no --json)")
         update_readme(render_markdown(result))
+    log(f"wall time {time.perf_counter() - started:.1f} s")
+    if args.quick:  # visibility only: a missed target is not a failure, a broken benchmark is
+        return 1 if any(r.status == "error" for r in records) else 0
     failed = [r for r in records if r.status == "error" or r.passed is False]
     return 1 if failed else 0
 
