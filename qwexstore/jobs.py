@@ -201,7 +201,7 @@ async def follow(driver: JobDriver, handle: JobHandle, logs: LogSink, *,
             failing_since = now if failing_since is None else failing_since
             if now - failing_since >= driver_retry_budget():
                 raise
-            delay = min(5.0, max(0.5, delay * 2))
+            delay = min(5.0, delay * 2)  # from the poll interval (0.1 s at first)
             await asyncio.sleep(delay)
             continue
         failing_since = None

@@ -14,12 +14,15 @@ Jobs run ``PY`` (this interpreter, by absolute path), so they find the same Pyth
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +33,16 @@ import pytest
 from podman_image import podman_image  # noqa: F401  (session fixture: real podman + test image)
 from servers import moto_s3, seaweed_s3, sshd  # noqa: F401  (session fixtures: real servers)
 from slurm_server import slurm  # noqa: F401  (session fixture: a real single-node SLURM)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run last in the session, in their collected order. They wait
+    on something started earlier by a session fixture (e.g. a SLURM time limit, tests/
+    test_slurm.py), so every module in between overlaps that wait instead of adding to it."""
+    slow = [it for it in items if it.get_closest_marker("slow") is not None]
+    if slow:
+        items[:] = [it for it in items if it.get_closest_marker("slow") is None] + slow
+
 
 BIN = os.path.dirname(sys.executable)
 QWEX = os.path.join(BIN, "qwex")
@@ -324,7 +337,7 @@ class GitRepo:
         return self.git("rev-parse", "HEAD").strip()
 
 
-def make_repo(path: Path, env: Mapping[str, str], files: Mapping[str, str | bytes] | None = None) -> GitRepo:
+def _init_repo(path: Path, env: Mapping[str, str], files: Mapping[str, str | bytes] | None) -> GitRepo:
     path.mkdir(parents=True)
     repo = GitRepo(path, env)
     repo.git("init", "-q")
@@ -333,6 +346,23 @@ def make_repo(path: Path, env: Mapping[str, str], files: Mapping[str, str | byte
     repo.git("config", "commit.gpgsign", "false")
     repo.commit("initial", {"job.py": JOB, "README.md": "# project\n", **(files or {})})
     return repo
+
+
+_template: list[Path] = []  # the default repository, made once per session, then copied
+
+
+def make_repo(path: Path, env: Mapping[str, str], files: Mapping[str, str | bytes] | None = None) -> GitRepo:
+    """A new repository at ``path``: local identity, one commit ("initial") of ``job.py``,
+    ``README.md`` and ``files``. Without ``files`` it is a copy of one made once per session
+    (seven git processes saved per test; the copy's HEAD is the same commit every time)."""
+    if files:
+        return _init_repo(path, env, files)
+    if not _template:
+        base = Path(tempfile.mkdtemp(prefix="qwex-test-repo-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        _template.append(_init_repo(base / "repo", env, None).path)
+    shutil.copytree(_template[0], path, symlinks=True)
+    return GitRepo(path, env)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ it at the end. Each returns a small struct with:
   ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``testing``, accepted by both servers),
   ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``. For sshd: ``HOME`` (a prepared home whose
   ``.ssh/config`` defines the alias ``qwex-test``, with ``known_hosts`` and the key).
-- ``new_bucket()`` / ``new_dir()``: a fresh, empty store URL (``s3://BUCKET/store`` or
-  ``ssh://qwex-test/ABS/PATH``), so tests never share state.
+- ``new_bucket()`` / ``new_dir()``: a fresh, empty store URL (``s3://BUCKET/store``; on
+  SeaweedFS ``s3://BUCKET/UNIQUE/store`` in one shared bucket; or ``ssh://qwex-test/ABS/PATH``),
+  so tests never share state.
 
 ``seaweed_s3.stop()`` / ``.start()`` stop and restart SeaweedFS with the same directory and
 ports (data survives), for tests of transient errors; a test that stops it MUST start it
@@ -134,6 +135,18 @@ class SeaweedServer(S3Server):
     s3_port: int = 0
     log: Path = Path()
     proc: subprocess.Popen[bytes] | None = None
+    shared: str = ""  # the one bucket that holds every fresh store (see new_bucket)
+
+    def new_bucket(self, prefix: str = "store") -> str:
+        """A fresh, empty store: ``s3://SHARED/<unique>/PREFIX``. SeaweedFS makes a bucket
+        (a collection with its own volumes) in about 0.5 s, a new prefix in an existing one
+        in 10 ms; so every store gets a unique prefix in one bucket made once per session.
+        With ``prefix=""`` a real new bucket, ``s3://BUCKET``."""
+        if not prefix:
+            return super().new_bucket(prefix)
+        if not self.shared:
+            self.shared = super().new_bucket("").removeprefix("s3://")
+        return f"s3://{self.shared}/{uuid.uuid4().hex[:16]}/{prefix}"
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -166,7 +179,9 @@ class SeaweedServer(S3Server):
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        # Graceful takes ~2 s; after many writes its volume server can hang on SIGTERM (seen:
+        # 15 s, then killed), and data written before survives a SIGKILL: 5 s is enough.
+        _stop(self.proc, timeout=5)
         self.proc = None
 
     @contextlib.contextmanager

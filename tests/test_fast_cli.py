@@ -45,7 +45,8 @@ def built(qwex: Qwex, git_repo: GitRepo) -> Iterator[tuple[Qwex, GitRepo, str, s
     """A two-stage pipeline, built: (qwex, repo, the last stage's key, its run id)."""
     git_repo.commit("drvs", {
         "prep.drv": drv_text(job("--out", "d=data", "--out", "sub/e=more"), name="prep"),
-        "train.drv": drv_text(job("--copy", "data/out/d=model"), name="train", inputs={"data": "drv:prep.drv"}),
+        "train.drv": drv_text(job("--copy", "data/out/d=model"), name="train",
+                              inputs={"data": "drv:prep.drv"}),
     })
     b = qwex.build("train.drv", cwd=git_repo.path)
     assert not b.cached
@@ -62,7 +63,8 @@ def test_every_fast_command_line_answers_as_typer_does(built: tuple[Qwex, GitRep
         ["build", "train.drv"], ["build", "train.drv", "--json"], ["build", "--json", "prep.drv"],
         ["build", "train.drv", "--offline", "-j", "2", "-k", "--detach"], ["build", "train.drv", "--jobs=3"],
         ["build", "train.drv", "--allow-dirty"], ["--store", store, "build", "train.drv"],
-        ["ls"], ["ls", "--json"], ["ls", "-n", "1"], ["ls", "-n1"], ["ls", "--limit=1", "--json"], ["ls", "-n", "0"],
+        ["ls"], ["ls", "--json"], ["ls", "-n", "1"], ["ls", "-n1"], ["ls", "--limit=1", "--json"],
+        ["ls", "-n", "0"],
         ["--store", store, "ls"], [f"--store={store}", "ls", "--json"],
         ["show", key[:20]], ["show", key, "--json"], ["show", run_id], ["show", "--json", run_id],
         ["--version"], ["--help"], ["-h"], [],
@@ -73,7 +75,8 @@ def test_every_fast_command_line_answers_as_typer_does(built: tuple[Qwex, GitRep
     ]
     for args in lines:
         fast, full = _both(qwex, *args, cwd=repo.path)
-        assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr), args
+        got, want = (fast.returncode, fast.stdout, fast.stderr), (full.returncode, full.stdout, full.stderr)
+        assert got == want, args
         assert "Traceback" not in fast.stderr, args
 
 
@@ -118,7 +121,7 @@ def test_a_hit_with_runners_remotes_and_substituters_connects_nowhere(
         built: tuple[Qwex, GitRepo, str, str]) -> None:
     """Every kind of remote configured at a port we listen on, a runner through ssh to it:
     the hit (with and without --runner) connects to nothing and imports no driver."""
-    qwex, repo, key, run_id = built
+    qwex, repo, _, run_id = built
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
