@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from .errors import DrvFileError
+from .home import qwex_home
 from .layers import Layer, layer_fields
 from .schema import FormatError, convert, join_key
 
@@ -58,11 +59,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     signing_key: str | None = None
     #: Public keys, ``NAME:<base64>``, whose signatures make a remote realisation acceptable.
     trusted_keys: list[str] = msgspec.field(default_factory=list)
-
-
-def qwex_home() -> str:
-    """``$QWEX_HOME`` or ``~/.qwex``."""
-    return os.environ.get("QWEX_HOME") or os.path.join(os.path.expanduser("~"), ".qwex")
 
 
 def _load(path: str) -> Config:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from .config import qwex_home
 from .digest import hash_bytes, hex_of
 from .errors import UserError
+from .home import qwex_home
 
 if TYPE_CHECKING:
     from .store import Store

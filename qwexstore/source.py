@@ -12,7 +12,6 @@ Both write files through :func:`qwexstore.gittree.write_tree`, from raw blobs.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,10 +20,12 @@ import msgspec
 from . import canonical
 from .digest import hash_tagged
 from .errors import SourceError
+from .gitproc import Proc, run
 from .gittree import GitEntry, check_git_path, write_tree
 from .globs import Selector
 
 if TYPE_CHECKING:
+    import subprocess  # used where input is written to git: not on the cache-hit path
     import threading
 
 __all__ = [
@@ -77,14 +78,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _git(repo: str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
+    argv = ["git", "-C", repo, *args]
     try:
-        proc = subprocess.run(
-            ["git", "-C", repo, *args],
-            input=input,
-            capture_output=True,
-            env=env if env is not None else _env(),
-            check=False,
-        )
+        if input is None:  # reading: without the subprocess module (qwexstore.gitproc)
+            return _output(repo, args, *run(argv, env if env is not None else _env()))
+        import subprocess
+
+        proc = subprocess.run(argv, input=input, capture_output=True, env=env if env is not None else _env(),
+                              check=False)
     except FileNotFoundError:
         raise SourceError("the git command is not installed; qwex reads repositories with it") from None
     return _output(repo, args, proc.returncode, proc.stdout, proc.stderr)
@@ -98,13 +99,12 @@ def _output(repo: str, args: tuple[str, ...], rc: int, out: bytes, err: bytes) -
     return out
 
 
-def _start(cwd: str, args: tuple[str, ...]) -> subprocess.Popen[bytes] | None:
+def _start(cwd: str, args: tuple[str, ...]) -> Proc | None:
     """``git -C cwd ARGS`` started in the background (None if git cannot be started: the
     same call made later reports that). It takes no optional lock (:func:`_env`), so
     stopping it unread can never leave a lock behind that breaks the user's next commit."""
     try:
-        return subprocess.Popen(["git", "-C", cwd, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_env())
+        return Proc(["git", "-C", cwd, *args], _env())
     except OSError:
         return None
 
@@ -112,16 +112,12 @@ def _start(cwd: str, args: tuple[str, ...]) -> subprocess.Popen[bytes] | None:
 def find_repo(start: str) -> str:
     """The top directory of the git work tree containing ``start``."""
     try:
-        proc = subprocess.run(
-            ["git", "-C", start, "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            check=False,
-        )
+        rc, out, _ = run(["git", "-C", start, "rev-parse", "--show-toplevel"], dict(os.environ))
     except FileNotFoundError:
         raise SourceError("the git command is not installed; qwex reads repositories with it") from None
-    if proc.returncode != 0:
+    if rc != 0:
         raise SourceError(f"not a git repository: {start} (set [source] repo or run `git init`)")
-    return proc.stdout.decode().strip()
+    return out.decode().strip()
 
 
 #: ``git rev-parse`` arguments of :meth:`Repo.head` (its memo key).
@@ -145,15 +141,14 @@ def open_repo(start: str, *, status: bool = False) -> Repo:
     started = _start(start, _STATUS_ARGS) if status else None
     try:
         try:
-            proc = subprocess.run(["git", "-C", start, "rev-parse", "--show-toplevel", *_HEAD_ARGS[1:]],
-                                  capture_output=True, env=_env(), check=False)
+            rc, out, _ = run(["git", "-C", start, "rev-parse", "--show-toplevel", *_HEAD_ARGS[1:]], _env())
         except FileNotFoundError:
             raise SourceError("the git command is not installed; qwex reads repositories with it") from None
         try:
-            lines = proc.stdout.decode().split("\n")
+            lines = out.decode().split("\n")
         except UnicodeDecodeError:
             lines = []
-        if proc.returncode == 0 and len(lines) == 3 and not lines[2] and lines[0].strip() \
+        if rc == 0 and len(lines) == 3 and not lines[2] and lines[0].strip() \
                 and _is_oid(lines[1]):
             repo = Repo(lines[0].strip())  # as find_repo strips it
             repo._memo[_HEAD_ARGS] = f"{lines[1]}\n".encode()  # what `git rev-parse` prints
@@ -167,12 +162,11 @@ def open_repo(start: str, *, status: bool = False) -> Repo:
     return repo
 
 
-def _reap(proc: subprocess.Popen[bytes] | None) -> None:
+def _reap(proc: Proc | None) -> None:
     """Stop and wait for a background git call nobody will read (SIGTERM: git removes any
     lock file of its own on that signal)."""
     if proc is not None:
-        proc.terminate()
-        proc.communicate()
+        proc.stop()
 
 
 def _is_oid(text: str) -> bool:
@@ -210,7 +204,7 @@ class Repo:
     def __init__(self, root: str) -> None:
         self.root = root
         self._memo: dict[tuple[str, ...], bytes] = {}
-        self._started: dict[tuple[str, ...], subprocess.Popen[bytes]] = {}  # see open_repo
+        self._started: dict[tuple[str, ...], Proc] = {}  # see open_repo
 
     def _read(self, *args: str) -> bytes:
         """``git ARGS``'s output, asked once per Repo: planning a sweep of 100 derivations
@@ -220,8 +214,7 @@ class Repo:
         if out is None:
             started = self._started.pop(args, None)
             if started is not None:
-                got, err = started.communicate()
-                out = _output(self.root, args, started.returncode, got, err)
+                out = _output(self.root, args, *started.finish())
             else:
                 out = _git(self.root, *args)
             self._memo[args] = out
@@ -406,6 +399,8 @@ class Repo:
 
     def pack_objects(self, commit: str, exclude: Sequence[str], dest: str) -> None:
         """Write a self-contained pack of ``commit``'s closure minus ``exclude``'s to ``dest``."""
+        import subprocess
+
         revs = "".join([f"{commit}\n", *(f"^{c}\n" for c in exclude)]).encode()
         with open(dest, "wb") as f:
             proc = subprocess.run(
@@ -471,6 +466,8 @@ class _BatchReader:
         self.feeder: threading.Thread | None = None
 
     def __enter__(self) -> _BatchReader:
+        import subprocess
+
         try:
             self.proc = subprocess.Popen(
                 ["git", "-C", self.root, "cat-file", "--batch"],

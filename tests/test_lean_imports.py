@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Generator, Iterator
@@ -210,6 +211,15 @@ def git_calls(qwex: Qwex, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
             super().__init__(args, *a, **kw)
 
     monkeypatch.setattr(subprocess, "Popen", Counting)
+    real_spawn = os.posix_spawn
+
+    def spawn(path: str, argv: list[str], env: dict[str, str], **kw: Any) -> int:  # qwexstore.gitproc
+        calls.append(list(argv))
+        if "status" in argv:
+            assert env.get("GIT_OPTIONAL_LOCKS") == "0", "status may lock .git/index"
+        return real_spawn(path, argv, env, **kw)
+
+    monkeypatch.setattr(os, "posix_spawn", spawn)
     return calls
 
 
@@ -258,3 +268,31 @@ def test_planning_a_source_repo_elsewhere_uses_its_head(tmp_path: Path, qwex: Qw
     plan = plan_file(str(git_repo.path / "train.drv"), None)
     assert plan.commit == other.head() != git_repo.head()
     assert plan.repo is not None and os.path.realpath(plan.repo.root) == os.path.realpath(other.path)
+
+
+# -- qwexstore.gitproc: git without the subprocess module -------------------------------------
+
+
+def test_gitproc_returns_both_streams_and_the_status() -> None:
+    from qwexstore.gitproc import run
+
+    env = dict(os.environ)
+    assert run(["sh", "-c", "printf out; printf err >&2; exit 3"], env) == (3, b"out", b"err")
+    big = run(["sh", "-c", "head -c 3000000 /dev/zero; head -c 2000000 /dev/zero >&2"], env)
+    assert (big[0], len(big[1]), len(big[2])) == (0, 3000000, 2000000)  # both pipes drained: no deadlock
+    assert run(["sh", "-c", "kill -TERM $$"], env)[0] == -signal.SIGTERM
+    assert run(["cat"], env) == (0, b"", b"")  # stdin is /dev/null
+    # SIGPIPE is default in the child (Python ignores it): `yes` dies quietly, as from a shell
+    assert run(["sh", "-c", "yes | head -c 1"], env) == (0, b"y", b"")
+    assert run(["sh", "-c", 'printf %s "$QX"'], {**env, "QX": "v"})[1] == b"v"
+    with pytest.raises(FileNotFoundError):
+        run(["no-such-program-qwex"], env)
+
+
+def test_gitproc_stop_ends_a_running_command() -> None:
+    from qwexstore import gitproc
+
+    assert (gitproc._SIGPIPE, gitproc._SIGXFSZ) == (signal.SIGPIPE, signal.SIGXFSZ)
+    p = gitproc.Proc(["sleep", "30"], dict(os.environ))
+    p.stop()
+    assert p.returncode == -signal.SIGTERM

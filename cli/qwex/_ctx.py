@@ -76,7 +76,11 @@ def workspace(
 def open_index(*, create_store: bool = False) -> Index:
     """The local index of the current store (StoreError if it is unreadable); the
     :class:`Workspace` rules for a missing store."""
-    return workspace(create=create_store).index
+    if not create_store:  # the rule without the Workspace module (`ls`, `show`: fast paths)
+        loc = location()
+        loc.require()
+        return Index(loc.index_path())
+    return workspace(create=True).index
 
 
 def note_remote(r: BuildResult) -> None:
