@@ -225,10 +225,9 @@ DEFAULT_DRIVER_RETRY_S = 60.0
 
 def driver_retry_budget() -> float:
     """``QWEX_DRIVER_RETRY_S`` as seconds (>= 0), else :data:`DEFAULT_DRIVER_RETRY_S`."""
-    try:
-        return max(0.0, float(os.environ.get("QWEX_DRIVER_RETRY_S", DEFAULT_DRIVER_RETRY_S)))
-    except ValueError:
-        return DEFAULT_DRIVER_RETRY_S
+    from .storage_retry import env_seconds
+
+    return env_seconds("QWEX_DRIVER_RETRY_S", DEFAULT_DRIVER_RETRY_S)
 
 
 #: At most this many reads per log per poll: a log that never ends (a job that points its

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .errors import QwexError, TransientStoreError
 
-__all__ = ["DEFAULT_RETRY_S", "describe", "retry_budget_s", "retrying"]
+__all__ = ["DEFAULT_RETRY_S", "describe", "env_seconds", "retry_budget_s", "retrying"]
 
 T = TypeVar("T")
 
@@ -28,12 +28,17 @@ _FIRST_DELAY_S = 0.05
 _MAX_DELAY_S = 2.0
 
 
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable ``name`` as seconds (>= 0); ``default`` if unset or not a number."""
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 def retry_budget_s() -> float:
     """``QWEX_STORE_RETRY_S`` as seconds (>= 0), else the default."""
-    try:
-        return max(0.0, float(os.environ.get("QWEX_STORE_RETRY_S", DEFAULT_RETRY_S)))
-    except ValueError:
-        return DEFAULT_RETRY_S
+    return env_seconds("QWEX_STORE_RETRY_S", DEFAULT_RETRY_S)
 
 
 def describe(e: BaseException) -> str:

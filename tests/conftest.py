@@ -380,6 +380,20 @@ def dataset(tmp_path: Path) -> Path:
     return p
 
 
+def wait_for_job_handle(q: Qwex, timeout: float = 60) -> dict[str, Any]:
+    """The first job handle a build of ``q`` saved (``<store>/tmp/jobs/<run-id>``), parsed:
+    waits for the renamed file (it is written to a temp name, fsynced, then renamed)."""
+    jobs = q.store / "tmp" / "jobs"
+    found: list[Path] = []
+
+    def saved() -> bool:
+        found[:] = [h for h in jobs.glob("*") if ".tmp-" not in h.name]
+        return bool(found)
+
+    wait_for(saved, timeout, "a saved job handle")
+    return dict(json.loads(found[0].read_bytes()))
+
+
 def wait_for(pred: Any, timeout: float, what: str) -> None:
     """Poll ``pred()`` every 20 ms until true; AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, PY, GitRepo, Qwex, drv_text, job, parse_build
+from conftest import BIN, PY, GitRepo, Qwex, drv_text, job, parse_build, wait_for_job_handle
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
@@ -112,13 +112,7 @@ def test_client_killed_then_build_attaches_once(env: Qwex, git_repo: GitRepo, sl
     p = env.popen("build", str(drv), "--runner", "cluster", cwd=git_repo.path,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        jobs = env.store / "tmp" / "jobs"
-        deadline = time.monotonic() + 30
-        # the handle is written to a temp name, fsynced, then renamed: wait for the rename
-        while not (handles := [h for h in jobs.glob("*") if ".tmp-" not in h.name]):
-            assert time.monotonic() < deadline, "no job handle was saved"
-            time.sleep(0.1)
-        run_id = json.loads(handles[0].read_bytes())["run_id"]
+        run_id = wait_for_job_handle(env)["run_id"]
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()

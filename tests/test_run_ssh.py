@@ -7,7 +7,6 @@ ssh layer's ``qwex`` field (a non-interactive ssh session's PATH does not have i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, GitRepo, Qwex, drv_text, job, make_repo, parse_build
+from conftest import BIN, GitRepo, Qwex, drv_text, job, make_repo, parse_build, wait_for_job_handle
 from servers import SshServer, free_port, start_sshd
 
 
@@ -91,14 +90,12 @@ def test_ssh_slurm_build_and_attach_after_kill(env: Qwex, git_repo: GitRepo, tmp
     drv = _repo(git_repo, root, job("--count", str(count), "--sleep", "3", "--out", "y=2"))
     p = env.popen("build", str(drv), "--runner", "cluster", cwd=git_repo.path,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    jobs = env.store / "tmp" / "jobs"
-    deadline = time.monotonic() + 60
-    while not [h for h in jobs.glob("*") if ".tmp-" not in h.name] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    handle = json.loads(next(h for h in jobs.glob("*") if ".tmp-" not in h.name).read_bytes())
+    try:
+        handle = wait_for_job_handle(env)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
     assert handle["host"] == "qwex-login" and handle["scheduler_id"].isdigit()
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
     built = env.build(drv, "--runner", "cluster", cwd=git_repo.path)
     assert built.run_id == handle["run_id"]
     assert count.read_text().count("ran") == 1
@@ -277,10 +274,12 @@ def test_connection_lost_mid_job_the_job_goes_on_and_is_recorded_once(
     drv = _repo(git_repo, root, job("--count", str(count), "--sleep", "3", "--out", "z=1"))
     p = env.popen("build", str(drv), "--runner", "remote", cwd=git_repo.path,
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    jobs = env.store / "tmp" / "jobs"
-    deadline = time.monotonic() + 60
-    while not [h for h in jobs.glob("*") if ".tmp-" not in h.name] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_for_job_handle(env)
+    except AssertionError:
+        p.kill()
+        p.communicate()
+        raise
     assert login.drop_connections() >= 1
     _out, err = p.communicate(timeout=120)
     assert "Traceback" not in err.decode()
