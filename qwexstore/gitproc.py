@@ -12,7 +12,9 @@ stdin=DEVNULL)`` for these uses: the program is looked up on ``env``'s PATH; std
 child gets no descriptor but its three standard ones (Python's are close-on-exec);
 :meth:`Proc.finish` returns ``(returncode, stdout, stderr)`` with ``-N`` for a child killed
 by signal N; a program that cannot be started raises the OSError ``subprocess`` would
-(FileNotFoundError for a missing git). Commands that need input keep using subprocess.
+(FileNotFoundError for a missing git); interrupted while waiting (Ctrl-C), the child is
+sent SIGTERM and reaped before the exception goes on. Commands that need input keep using
+subprocess.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class Proc:
                     else:
                         poller.unregister(fd)
                         live.discard(fd)
+        except BaseException:  # Ctrl-C while git runs: stop it rather than wait for it
+            os.kill(self.pid, 15)
+            raise
         finally:
             for fd in (out_r, err_r):
                 os.close(fd)

@@ -222,3 +222,33 @@ def test_plain_columns_line_up_by_display_width() -> None:
 
     assert {width(ln[: ln.index("ok")]) for ln in lines[1:]} == {10}  # 8 columns + 2 spaces
     assert lines[0] == "name      status"
+
+
+def test_ctrl_c_during_a_fast_hit_is_one_line_and_stops_git(built: tuple[Qwex, GitRepo, str, str],
+                                                            tmp_path: Path) -> None:
+    """Interrupted while planning (a slow git, here a clearly named stand-in that sleeps
+    first): "qwex: interrupted", exit 130, no traceback, no git left running."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    qwex, repo, _, _ = built
+    shim = tmp_path / "slow-git-standin"
+    shim.mkdir()
+    real = shutil.which("git", path=qwex.env["PATH"])
+    marker = tmp_path / "git-started"
+    (shim / "git").write_text(f"#!/bin/sh\ntouch {marker}\nsleep 30\nexec {real} \"$@\"\n")
+    (shim / "git").chmod(0o755)
+    env = {**qwex.env, "PATH": f"{shim}{os.pathsep}{qwex.env['PATH']}"}
+    p = subprocess.Popen([QWEX, "build", "train.drv"], cwd=repo.path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline, "git was never started"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)  # to qwex alone: it must stop git itself
+    out, err = p.communicate(timeout=10)
+    assert (p.returncode, out, err) == (130, b"", b"qwex: interrupted\n")
+    ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True).stdout
+    assert not [ln for ln in ps.splitlines() if str(shim) in ln and not ln.startswith("Z")]

@@ -144,8 +144,13 @@ def _fast(argv: list[str]) -> bool:
 def main() -> None:
     """Console-script entry point."""
     argv = sys.argv[1:]
-    if not os.environ.get("QWEX_NO_FAST") and _fast(argv):
-        return
+    if os.environ.get("QWEX_NO_FAST", "") in ("", "0"):
+        try:
+            if _fast(argv):
+                return
+        except KeyboardInterrupt:  # as every command reports it (qwex._ctx.handles_errors)
+            print("qwex: interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
     if argv[:1] == ["agent"]:  # the execution side of a remote job: no CLI framework
         from .agent_run import fast
 
