@@ -197,7 +197,11 @@ def test_requeued_job_is_followed_under_the_same_id(slurm: SlurmCluster, tmp_pat
     wait_status(slurm, job, lambda s: s.state == "running" and lines(job.dir / "runs") != [], "running")
     slurm.run("scontrol", "requeue", job.id)
     assert wait_status(slurm, job, lambda s: s.state != "running", "the requeue").state == "pending"
-    # SLURM holds a requeued job back for 120 s (BeginTime); let it go now.
+    # SLURM holds a requeued job back for 120 s (BeginTime); let it go, but not within the
+    # second the requeue revoked its credential: slurmd refuses such a start ("Job
+    # credential revoked", the job ends FAILED 1:0), which the hold exists to avoid.
+    # (StartTime=now+2 would wait for the scheduler's next periodic pass, up to 30 s.)
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job.id}", "StartTime=now")
     seen: list[str] = []
     ended = 0
@@ -210,7 +214,11 @@ def test_requeued_job_is_followed_under_the_same_id(slurm: SlurmCluster, tmp_pat
         # polls in a row that find it not live): a lone odd answer of a loaded controller
         # is shown with SLURM's own words if it ever repeats.
         ended = 0 if st_.state in ("pending", "running") else ended + 1
-        assert ended < 3, f"{st_}; states {seen}; the last answer:\n{cp.stdout.decode()}"
+        assert ended < 3, (
+            f"{st_}; states {seen}; the last answer:\n{cp.stdout.decode()}"
+            f"job stdout: {(job.dir / 'stdout').read_text(errors='replace')!r}; "
+            f"job stderr: {(job.dir / 'stderr').read_text(errors='replace')!r}"
+        )
         assert time.monotonic() < deadline, f"not restarted; states {seen}"
         time.sleep(0.05)
     (job.dir / "gate").touch()
