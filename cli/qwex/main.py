@@ -152,6 +152,7 @@ def main() -> None:
             print("qwex: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
     if argv[:1] == ["agent"]:  # the execution side of a remote job: no CLI framework
+        _lean_msgspec()
         from .agent_run import fast
 
         if fast(argv):

@@ -150,8 +150,21 @@ class StackDriver:
         t = self._transport(stack)
         remote_store, self.last_push = "", None
         if stack.transport is not None:
-            remote_store = await self._push_closure(plan, stack, store)
-        submit, _shown, paths = await self._compile(plan, stack, masked=False)
+            from .transport_ssh import SshTransport
+
+            assert isinstance(t, SshTransport)
+            # The resident shell's login (SSH6) overlaps sending the closure and compiling.
+            warming = asyncio.ensure_future(t.warm())
+            try:
+                remote_store = await self._push_closure(plan, stack, store)
+                submit, _shown, paths = await self._compile(plan, stack, masked=False)
+            except BaseException:
+                warming.cancel()
+                await asyncio.gather(warming, return_exceptions=True)
+                raise
+            await warming
+        else:
+            submit, _shown, paths = await self._compile(plan, stack, masked=False)
         done = await t.run(submit)
         if done.rc != 0:
             err = done.stderr.decode(errors="replace").strip().splitlines()

@@ -12,11 +12,15 @@ Contract:
 - **Reaching the host** is ``ssh HOST``'s behaviour (qwexstore.ssh_connect):
   ``~/.ssh/config`` aliases, ProxyJump, known_hosts (an unknown or changed host key is
   refused, never accepted), the agent. ``user``/``port`` override the config.
-- ``run(script, input=)`` sends the exec request ``sh -c '<script>'`` (no pty, so stdout
-  and stderr stay apart and binary-exact); the remote login shell parses that one quoted
-  word, so it MUST be POSIX-like (sh, bash, dash, ksh, zsh). stdin gets ``input`` (if any),
-  then EOF. It returns the exit status, or 128+N when the command was killed by signal N,
-  and never raises for a non-zero status. Relative paths are relative to the remote home.
+- ``run(script)`` (no ``input``) runs the script in a resident shell
+  (:mod:`qwex_drivers.ssh_shell`, spec SSH6): the login shell, and whatever rc files it
+  reads, starts once per shell, not once per script; stdin is empty. ``run(script,
+  input=)``, or every ``run`` on a host that cannot keep a resident shell, sends the exec
+  request ``sh -c '<script>'``: stdin gets ``input``, then EOF. Either way no pty (stdout
+  and stderr stay apart and binary-exact), the remote login shell MUST be POSIX-like
+  (sh, bash, dash, ksh, zsh), the result is the exit status, or 128+N when the script was
+  killed by signal N, and a non-zero status never raises. Relative paths are relative to
+  the remote home.
 - **Lost connections.** A call that finds the cached connection closed opens a new one.
   ``run`` retries once on a new connection only when the old one failed before the command
   was sent (the session channel never opened), so a command never runs twice; a
@@ -53,6 +57,7 @@ from qwexstore.ssh_connect import failure_kind, resolved_target, ssh_connect
 from qwexstore.storage_batch import read_upto
 from qwexstore.storage_retry import describe
 
+from .ssh_shell import ResidentShell, ShellLost
 from .transport import Completed
 
 if TYPE_CHECKING:
@@ -92,6 +97,10 @@ class SshTransport:
         self._lock = asyncio.Lock()
         self._channels = asyncio.Semaphore(max_channels)
         self._home: str | None = None
+        self._idle: list[ResidentShell] = []  # ready resident shells (SSH6)
+        self._live: set[ResidentShell] = set()  # every open one, idle or running a script
+        self._shells_ok = True  # False once the host could not keep one: exec requests only
+        self._home_lock = asyncio.Lock()
 
     @classmethod
     def from_layer(
@@ -125,6 +134,7 @@ class SshTransport:
             self._loop, self._conn, self._sftp, self._sftp_conn = loop, None, None, None
             self._keeper = None  # the old loop's end closed its connection (see _keep)
             self._lock, self._channels = asyncio.Lock(), asyncio.Semaphore(self.max_channels)
+            self._idle, self._live, self._home_lock = [], set(), asyncio.Lock()
 
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The transport's connection, opened now if there is none or it was closed. The
@@ -191,6 +201,9 @@ class SshTransport:
         self._same_loop()
         sftp, keeper = self._sftp, self._keeper
         self._conn = self._sftp = self._sftp_conn = self._keeper = None
+        live, self._idle, self._live = self._live, [], set()
+        for shell in live:
+            shell.close()
         if sftp is not None:
             sftp.exit()
         if keeper is not None:
@@ -207,6 +220,10 @@ class SshTransport:
             )
         self._same_loop()
         async with self._channels:
+            if input is None and self._shells_ok:
+                shell = await self._shell()
+                if shell is not None:
+                    return await self._run_in(shell, script)
             for attempt in (0, 1):
                 conn = await self.connection()
                 try:
@@ -226,6 +243,65 @@ class SshTransport:
                     raise self._op_error("start a command", e) from e
                 return await self._finish(proc, input)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def warm(self) -> None:
+        """Have a resident shell ready (SSH6), and the home learnt, before the first ``run``
+        needs them, so the login overlaps other work (the stack driver sends the job's
+        closure meanwhile). A host without an answer is the business of the calls that
+        need one (an absolute ``root`` never asks for the home)."""
+        with contextlib.suppress(PermanentDriverError):
+            await self.home()
+
+    async def _shell(self) -> ResidentShell | None:
+        """An idle resident shell on the live connection, or a new one while fewer than
+        ``max_channels - 2`` are open on it (room for the SFTP sessions); None: use an exec
+        request (every shell busy, or the host cannot keep one). Reconnects as ``run``
+        does: a channel that could not open on a dead connection ran nothing."""
+        for attempt in (0, 1):
+            conn = await self.connection()
+            while self._idle:
+                idle = self._idle.pop()
+                if idle.conn is conn and idle.usable:
+                    return idle
+                self._drop(idle)
+            self._live = {sh for sh in self._live if sh.conn is conn and sh.usable}
+            if len(self._live) >= max(1, self.max_channels - 2):
+                return None
+            try:
+                shell = await ResidentShell.start(conn, self.connect_timeout)
+            except asyncssh.ChannelOpenError as e:
+                if conn.is_closed() and attempt == 0 and e.code == asyncssh.OPEN_CONNECT_FAILED:
+                    continue
+                raise self._op_error("start a shell", e) from e
+            except _CONNECT_ERRORS as e:
+                raise self._op_error("start a shell", e) from e
+            if shell is None:
+                self._shells_ok = False
+            else:
+                self._live.add(shell)
+            return shell
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self, shell: ResidentShell) -> None:
+        shell.close()
+        self._live.discard(shell)
+
+    async def _run_in(self, shell: ResidentShell, script: str) -> Completed:
+        try:
+            done = await shell.run(script)
+        except ShellLost as e:
+            self._drop(shell)
+            raise TransientDriverError(
+                f"ssh {self.host}: connection lost while running a command (it may have run); retry"
+            ) from e
+        except BaseException:
+            self._drop(shell)  # cancelled mid-answer: the shell's stream is out of step
+            raise
+        if shell.conn is self._conn and shell.usable:
+            self._idle.append(shell)
+        else:  # a reconnect or close() happened meanwhile
+            self._drop(shell)
+        return done
 
     async def _finish(self, proc: asyncssh.SSHClientProcess[bytes], input: bytes | None) -> Completed:
         try:
@@ -292,6 +368,11 @@ class SshTransport:
 
     async def home(self) -> str:
         """The remote ``$HOME`` (absolute), asked once per transport."""
+        self._same_loop()
+        async with self._home_lock:  # asked once: concurrent callers wait for that answer
+            return await self._ask_home()
+
+    async def _ask_home(self) -> str:
         if self._home is None:
             res = await self.run('printf "%s" "$HOME"')
             home = res.stdout.decode(errors="replace")
