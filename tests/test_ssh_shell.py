@@ -60,7 +60,24 @@ def _host(base: Path, extra: str = "") -> Iterator[Host]:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    yield from _host(tmp_path_factory.mktemp("rcsshd"))
+    base = tmp_path_factory.mktemp("rcsshd")
+    (base / "tmp").mkdir()
+    yield from _host(base, f" TMPDIR={base / 'tmp'}")
+
+
+@pytest.fixture(scope="module")
+def small_tmp_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    """A host whose TMPDIR is a 64 KiB tmpfs, to be filled up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    base = tmp_path_factory.mktemp("rcsshd-smalltmp")
+    tmp = base / "tmp"
+    tmp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp)], check=True)
+    try:
+        yield from _host(base, f" TMPDIR={tmp}")
+    finally:
+        subprocess.run(["umount", "-l", str(tmp)], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +249,98 @@ def test_a_host_without_mktemp_falls_back_to_one_exec_request_per_script(
 
     asyncio.run(body())
     assert no_tmp_host.exec_requests() - exec0 == 1 + 3  # the failed shell, then one per script
+
+
+def test_a_full_tmpdir_never_runs_a_cut_off_script(
+    small_tmp_host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shell's here-document cannot store the script: it is not run there, but sent as
+    its own exec request, whole, once."""
+    h = small_tmp_host
+    monkeypatch.setenv("HOME", h.server.home)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    tmp, count = h.base / "tmp", h.base / "count"
+    script = ":" + " " * 20_000 + f"\necho x >> {count}; echo whole"
+
+    async def body() -> None:
+        async with SshTransport(h.server.alias) as t:
+            assert (await t.run("echo warm")).stdout == b"warm\n"  # the shell and its dir exist
+            free = os.statvfs(tmp).f_bavail * os.statvfs(tmp).f_frsize
+            (tmp / "filler").write_bytes(b"\0" * max(0, free - 4096))
+            try:
+                exec0 = h.exec_requests()
+                r = await t.run(script)
+                assert r.rc == 0 and r.stdout.endswith(b"whole\n"), r
+                assert h.exec_requests() - exec0 == 1  # sent another way
+            finally:
+                (tmp / "filler").unlink()
+            assert (await t.run("echo back")).stdout == b"back\n"  # the shell was kept
+
+    asyncio.run(body())
+    assert count.read_text() == "x\n"
+
+
+def test_a_background_writer_racing_the_answer_cannot_shift_it(host: Host, transport: SshTransport) -> None:
+    lines = "".join(f"out{i}\n" for i in range(100_000)).encode()
+
+    async def body() -> None:
+        async with transport as t:
+            for _ in range(3):
+                writer = "(i=0; while [ $i -lt 100000 ]; do echo out$i; i=$((i+1)); done) &"
+                r = await t.run(f"{writer} sleep 0.05; echo ERR >&2")
+                assert r.stderr == b"ERR\n" and lines.startswith(r.stdout), (r.stderr, r.stdout[-40:])
+                assert (await t.run("echo next")).stdout == b"next\n"
+
+    asyncio.run(body())
+
+
+def test_shells_and_exec_requests_share_the_channel_budget(
+    host: Host, transport: SshTransport, tmp_path: Path
+) -> None:
+    """Idle shells hold channels: exec requests (a run with input) close idle ones rather
+    than exceed OpenSSH's MaxSessions 10 beside the SFTP sessions."""
+
+    async def body() -> None:
+        async with transport as t:
+            got = await asyncio.gather(*(t.run(f"sleep 0.3; echo {i}") for i in range(8)))
+            assert [g.stdout for g in got] == [f"{i}\n".encode() for i in range(8)]
+            assert await t.read(str(tmp_path / "none")) is None  # an SFTP session too
+            fed = await asyncio.gather(*(t.run("cat", input=f"{i}".encode()) for i in range(8)))
+            # exec requests: the rc file's chatter comes first
+            assert [f.stdout.endswith(f"hello\n{i}".encode()) for i, f in enumerate(fed)] == [True] * 8
+            mixed = await asyncio.gather(
+                *(t.run("sleep 0.1; cat", input=b"in") if i % 2 else t.run("echo sh") for i in range(12))
+            )
+            assert [m.stdout.endswith(b"in" if i % 2 else b"sh\n") for i, m in enumerate(mixed)] == [
+                True
+            ] * 12
+
+    asyncio.run(body())
+
+
+def test_a_shell_that_died_unclean_leaves_no_directory_behind(host: Host, transport: SshTransport) -> None:
+    """A run cancelled mid-script closes its shell's channel; when the script ends, the
+    shell dies writing its answer (SIGPIPE: no exit trap). The next shell started removes
+    the directories of shells that are gone."""
+    tmp = host.base / "tmp"
+
+    async def body() -> None:
+        async with transport as t:
+            task = asyncio.create_task(t.run("sleep 0.5; echo late"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        pids = [int(p.read_text()) for p in tmp.glob("qwex-sh.*/pid")]
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        async with SshTransport(host.server.alias) as t2:
+            assert (await t2.run("echo ok")).stdout == b"ok\n"
+            assert len(list(tmp.glob("qwex-sh.*"))) == 1  # its own
+
+    asyncio.run(body())
+    deadline = time.monotonic() + 10
+    while list(tmp.glob("qwex-sh.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp.glob("qwex-sh.*")) == []

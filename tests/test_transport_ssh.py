@@ -141,6 +141,34 @@ def test_run_returns_exact_binary_output_and_status(home: Path) -> None:
     arun(body())
 
 
+#: Scripts whose answer through a resident shell (no input) must be the exec request's
+#: (input=b"": stdin empty too), byte for byte.
+SAME_EITHER_WAY = [
+    "echo a\\",  # a trailing backslash, no newline
+    "cat <<EOF\nhi",  # an unterminated here-document
+    "echo $0; exit 3",
+    "kill 0; echo after",  # its own process group, as an exec request has
+    "trap 'kill 0' EXIT; sleep 5 & echo hi",
+    "kill -9 $$",
+    "set -e; false; echo no",
+    "umask; pwd; echo $HOME",
+    "ls /proc/$$/fd",
+    "printf '%s' \"$(cat)\"",
+    "echo out; echo err >&2; (exit 250)",
+    "syntax error (",
+]
+
+
+@pytest.mark.parametrize("script", SAME_EITHER_WAY)
+def test_a_resident_shell_answers_as_an_exec_request(home: Path, script: str) -> None:
+    async def body() -> tuple[object, object]:
+        async with SshTransport("qwex-test") as t:
+            return await t.run(script), await t.run(script, input=b"")
+
+    shell, exec_request = arun(body())
+    assert shell == exec_request
+
+
 def test_run_delivers_stdin_then_eof(home: Path) -> None:
     data = bytes(range(256)) * 8192  # 2 MiB with every byte value
     body_calls = [("cat", data, data), ("cat", None, b""), ("cat", b"", b""), ("wc -c", b"abc", b"3\n")]

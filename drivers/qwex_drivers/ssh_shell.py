@@ -5,65 +5,112 @@ shell reads rc files even for ``bash -c`` (Debian's bash sources ``~/.bashrc`` u
 ``conda init``/``pyenv init`` there cost 0.2-1 s, per command). A build runs a dozen small
 scripts (submit, each status poll, cleanup), so a :class:`ResidentShell` pays for the login
 shell once: one channel runs ``sh -s``, and each script is written to its stdin framed as
-below; the shell runs it as ``sh FILE`` in a child, with stdin ``/dev/null`` and stdout and
-stderr in files, then prints a header and both files.
+below and run by that shell as ``sh -c SCRIPT sh``, as an exec request would.
 
-Protocol (``T`` is a fresh random token per request, so no script or output can forge it):
+Protocol (``T`` is a fresh random token per request, unknown to the script before it runs):
 
-- start: ``mktemp -d`` a private directory (removed when the shell exits or is hung up
-  on; a shell killed by SIGKILL leaves it, empty or nearly), then print
-  ``\\nQWEXREADY_T\\n``. Whatever the rc files printed before it is discarded.
-- request: a quoted here-document writes the script to ``D/T.sh``; ``sh D/T.sh
-  </dev/null >D/T.o 2>D/T.e``; then ``\\nQWEXRC_T RC OUTLEN ERRLEN\\n``, the two files'
-  bytes, and the three files are removed. Per-request names: a background process the
-  script left holding its stdout writes to a file already unlinked, never into a later
-  answer.
+- start: remove this user's ``qwex-sh.*`` directories under ``$TMPDIR`` whose shell is gone
+  (a shell killed by SIGKILL, or by SIGPIPE while answering a cancelled request, cannot
+  clean up), ``mktemp -d`` a private one holding the shell's pid (removed when the shell
+  exits or is hung up on), then print ``\\nQWEXREADY_T\\n``. Whatever the rc files printed
+  before that line is discarded.
+- request: a quoted here-document writes the script plus one newline to ``D/T.sh``; only
+  if that file has exactly those bytes (a full ``$TMPDIR`` never runs a cut-off script)
+  and the output files can be created, ``setsid -w sh -c "$(cat D/T.sh)" sh`` runs it (its
+  own session and process group, as sshd gives an exec request, so ``kill 0`` stays
+  inside; ``$(...)`` drops the added newline, so the shell sees the script's exact text;
+  without ``setsid``, plain ``sh``), stdin ``/dev/null``, stdout and stderr into ``D/T.o``
+  and ``D/T.e`` (redirected inside the child: the resident shell's own notice of a child
+  killed by a signal, "Terminated", goes to its stderr, /dev/null, as no exec request
+  would print one). The answer: ``\\nQWEXRC_T RC OUTLEN ERRLEN\\n`` (RC ``E``: the script could
+  not be written and did not run), exactly OUTLEN and ERRLEN bytes of the two files (read
+  through descriptors opened before the files are unlinked: a background process the
+  script left writes to unlinked files, never into a later answer), then
+  ``\\nQWEXEND_T\\n``.
 
-Contract: :meth:`ResidentShell.run` returns exactly what ``sh -c SCRIPT`` run through its own
-exec request would (exit status, 128+N for signal N, byte-exact stdout and stderr), except
-that stdin is always empty. A shell whose channel ends, or whose answer cannot be parsed,
-raises :class:`ShellLost` ("the script may have run"); a cancelled ``run`` closes the shell.
-Either way the shell is dead and MUST NOT be reused. :meth:`ResidentShell.start` returns
-None when the host cannot keep one (no ``mktemp``, a shell that is not POSIX-like, rc files
-that swallow stdin): the caller then uses one exec request per script.
+Contract: :meth:`ResidentShell.run` returns what ``sh -c SCRIPT`` run through its own exec
+request would (exit status, 128+N for signal N, byte-exact stdout and stderr, ``$0`` = sh),
+except that stdin is always empty. :class:`ScriptNotWritten`: the script did not run and the
+shell is still usable (send it another way). :class:`ShellLost`: the channel ended, or the
+answer did not parse, while the script may have run; the shell is closed. A cancelled
+``run`` closes the shell too. :meth:`ResidentShell.start` returns None when the host cannot
+keep one (no ``mktemp``, a shell that is not POSIX-like, rc files that swallow stdin).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 
 import asyncssh
 
 from .transport import Completed
 
-__all__ = ["ResidentShell", "ShellLost"]
+__all__ = ["ResidentShell", "ScriptNotWritten", "ShellLost"]
 
-#: Sent once: the private directory, its removal on exit, then the ready line.
-_PREAMBLE = (
-    'qwex_d=$(mktemp -d "${{TMPDIR:-/tmp}}/qwex-sh.XXXXXXXX") || exit 97\n'
-    "trap 'rm -rf \"$qwex_d\"' EXIT\n"
-    "trap 'exit 129' HUP\n"
-    "trap 'exit 143' TERM\n"
-    "printf '\\nQWEXREADY_%s\\n' {tok}\n"
-)
+_PREAMBLE = """\
+qwex_t=${{TMPDIR:-/tmp}}
+for qwex_o in "$qwex_t"/qwex-sh.*; do
+  [ -O "$qwex_o" ] && [ -f "$qwex_o/pid" ] || continue
+  kill -0 "$(cat "$qwex_o/pid")" 2>/dev/null || rm -rf "$qwex_o"
+done
+qwex_d=$(mktemp -d "$qwex_t/qwex-sh.XXXXXXXX") || exit 97
+echo $$ >"$qwex_d/pid" || exit 97
+trap 'rm -rf "$qwex_d"' EXIT
+trap 'exit 129' HUP
+trap 'exit 143' TERM
+if setsid -w true </dev/null >/dev/null 2>&1; then qwex_g='setsid -w'; else qwex_g=; fi
+printf '\\nQWEXREADY_%s\\n' {tok}
+"""
 
-_REQUEST = (
-    "cat >\"$qwex_d/{tok}.sh\" <<'QWEXEOF_{tok}'\n"
-    "{script}"
-    "QWEXEOF_{tok}\n"
-    'sh "$qwex_d/{tok}.sh" </dev/null >"$qwex_d/{tok}.o" 2>"$qwex_d/{tok}.e"\n'
-    "qwex_rc=$?\n"
-    "printf '\\nQWEXRC_%s %s %s %s\\n' {tok} \"$qwex_rc\" "
-    '"$(wc -c <"$qwex_d/{tok}.o")" "$(wc -c <"$qwex_d/{tok}.e")"\n'
-    'cat "$qwex_d/{tok}.o" "$qwex_d/{tok}.e"\n'
-    'rm -f "$qwex_d/{tok}.sh" "$qwex_d/{tok}.o" "$qwex_d/{tok}.e"\n'
-)
+_REQUEST = """\
+qwex_f="$qwex_d/{tok}"
+qwex_w=-1
+cat >"$qwex_f.sh" <<'QWEXEOF_{tok}' && qwex_w=$(($(wc -c <"$qwex_f.sh")))
+{script}
+QWEXEOF_{tok}
+if [ "$qwex_w" -eq {size} ] && : >"$qwex_f.o" && : >"$qwex_f.e"; then
+  (exec </dev/null >"$qwex_f.o" 2>"$qwex_f.e"; exec $qwex_g sh -c "$(cat "$qwex_f.sh")" sh)
+  qwex_rc=$?
+  qwex_n=$(($(wc -c <"$qwex_f.o"))) qwex_m=$(($(wc -c <"$qwex_f.e")))
+  {{ rm -f "$qwex_f.sh" "$qwex_f.o" "$qwex_f.e"
+    printf '\\nQWEXRC_%s %s %s %s\\n' {tok} "$qwex_rc" "$qwex_n" "$qwex_m"
+    head -c "$qwex_n" <&3; head -c "$qwex_m" <&4; }} 3<"$qwex_f.o" 4<"$qwex_f.e" \
+    || printf '\\nQWEXRC_%s garbled 0 0\\n' {tok}
+else
+  rm -f "$qwex_f.sh" "$qwex_f.o" "$qwex_f.e"
+  printf '\\nQWEXRC_%s E 0 0\\n' {tok}
+fi
+printf '\\nQWEXEND_%s\\n' {tok}
+"""
+
+
+async def _until(out: asyncssh.SSHReader[bytes], end: bytes) -> bytes:
+    """The bytes before ``end`` (not kept): read in chunks, as an answer may exceed the
+    channel's window, which ``readuntil`` cannot. Nothing follows ``end`` in a shell's
+    stream until the next request is sent."""
+    buf = bytearray()
+    while True:
+        chunk = await out.read(1 << 16)
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(buf), None)
+        buf += chunk
+        at = buf.find(end, max(0, len(buf) - len(chunk) - len(end)))
+        if at >= 0:
+            if at + len(end) != len(buf):
+                raise ValueError("bytes after the end of an answer")
+            return bytes(buf[:at])
 
 
 class ShellLost(Exception):
     """The resident shell's channel ended (or answered garbage) during a request: the script
     may have run. The shell is closed."""
+
+
+class ScriptNotWritten(Exception):
+    """The host could not store the script (a full or unwritable ``$TMPDIR``): it did not
+    run, and the shell is still usable."""
 
 
 class ResidentShell:
@@ -104,29 +151,45 @@ class ResidentShell:
         )
 
     async def run(self, script: str) -> Completed:
-        """Run ``script`` (stdin empty); see the module docstring. Raises :class:`ShellLost`."""
+        """Run ``script`` (stdin empty); see the module docstring. Raises :class:`ShellLost`
+        or :class:`ScriptNotWritten`."""
         if not self.usable:
             raise ShellLost("the shell had ended")
         tok = secrets.token_hex(16)
         while tok in script:  # pragma: no cover - 2**-128 per line
             tok = secrets.token_hex(16)
-        body = script if script.endswith("\n") else script + "\n"
+        body = script.encode()
+        request = _REQUEST.format(tok=tok, size=len(body) + 1, script=script).encode()
+        out = self._proc.stdout
         try:
-            self._proc.stdin.write(_REQUEST.format(tok=tok, script=body).encode())
-            await self._proc.stdout.readuntil(f"\nQWEXRC_{tok} ".encode())
-            rc, n_out, n_err = (int(x) for x in (await self._proc.stdout.readuntil(b"\n")).split())
-            out = await self._proc.stdout.readexactly(n_out)
-            err = await self._proc.stdout.readexactly(n_err)
+            self._proc.stdin.write(request)
+            await out.readuntil(f"\nQWEXRC_{tok} ".encode())
+            rc_text, n_out, n_err = (await out.readuntil(b"\n")).split()
+            data = await _until(out, f"\nQWEXEND_{tok}\n".encode())
+            if rc_text == b"E" and not data:
+                raise ScriptNotWritten(script[:80])
+            rc, n, m = int(rc_text), int(n_out), int(n_err)
+            if len(data) != n + m:
+                raise ValueError(f"answer of {len(data)} bytes, announced {n} + {m}")
         except (asyncio.IncompleteReadError, ValueError, OSError, asyncssh.Error) as e:
             self.close()
             raise ShellLost(str(e) or type(e).__name__) from e
+        except ScriptNotWritten:
+            raise
         except BaseException:  # cancelled, or the connection failed: the stream is mid-answer
             self.close()
             raise
-        return Completed(rc, out, err)
+        return Completed(rc, data[:n], data[n:])
 
     def close(self) -> None:
         """End the shell (its channel); idempotent. The host removes its directory."""
         if not self._dead:
             self._dead = True
             self._proc.close()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """:meth:`close`, then wait (at most ``timeout``) until the host has released the
+        session: sshd counts it against ``MaxSessions`` until the shell has exited."""
+        self.close()
+        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self._proc.wait_closed(), timeout)

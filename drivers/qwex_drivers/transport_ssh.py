@@ -57,7 +57,7 @@ from qwexstore.ssh_connect import failure_kind, resolved_target, ssh_connect
 from qwexstore.storage_batch import read_upto
 from qwexstore.storage_retry import describe
 
-from .ssh_shell import ResidentShell, ShellLost
+from .ssh_shell import ResidentShell, ScriptNotWritten, ShellLost
 from .transport import Completed
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class SshTransport:
         self._live: set[ResidentShell] = set()  # every open one, idle or running a script
         self._shells_ok = True  # False once the host could not keep one: exec requests only
         self._home_lock = asyncio.Lock()
+        self._starting = self._closing = self._oneoff = 0  # shells starting, closing; exec requests
 
     @classmethod
     def from_layer(
@@ -135,6 +136,7 @@ class SshTransport:
             self._keeper = None  # the old loop's end closed its connection (see _keep)
             self._lock, self._channels = asyncio.Lock(), asyncio.Semaphore(self.max_channels)
             self._idle, self._live, self._home_lock = [], set(), asyncio.Lock()
+            self._starting = self._closing = self._oneoff = 0
 
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The transport's connection, opened now if there is none or it was closed. The
@@ -223,25 +225,43 @@ class SshTransport:
             if input is None and self._shells_ok:
                 shell = await self._shell()
                 if shell is not None:
-                    return await self._run_in(shell, script)
-            for attempt in (0, 1):
-                conn = await self.connection()
+                    done = await self._run_in(shell, script)
+                    if done is not None:
+                        return done
+            self._oneoff += 1  # an exec request's channel, in the same budget as the shells
+            try:
+                return await self._exec(command, input)
+            finally:
+                self._oneoff -= 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exec(self, command: str, input: bytes | None) -> Completed:
+        """``command`` as its own exec request (SSH3, SSH4)."""
+        for attempt in (0, 1):
+            conn = await self.connection()
+            while self._idle and self._channels_used() > self.max_channels:
+                shell = self._idle.pop()  # room for this channel (MaxSessions)
+                self._live.discard(shell)
+                self._closing += 1  # counted until the host has released its session
                 try:
-                    proc = await conn.create_process(command, encoding=None, request_pty=False)
-                except asyncssh.ChannelOpenError as e:
-                    if conn.is_closed():
-                        # OPEN_CONNECT_FAILED: the channel never opened and the exec request
-                        # was never sent, so one retry cannot run the command twice.
-                        if attempt == 0 and e.code == asyncssh.OPEN_CONNECT_FAILED:
-                            continue
-                        raise TransientDriverError(
-                            f"ssh {self.host}: connection lost while starting a command "
-                            "(it may have run); retry"
-                        ) from e
-                    raise self._op_error("start a command", e) from e
-                except _CONNECT_ERRORS as e:
-                    raise self._op_error("start a command", e) from e
-                return await self._finish(proc, input)
+                    await shell.aclose()
+                finally:
+                    self._closing -= 1
+            try:
+                proc = await conn.create_process(command, encoding=None, request_pty=False)
+            except asyncssh.ChannelOpenError as e:
+                if conn.is_closed():
+                    # OPEN_CONNECT_FAILED: the channel never opened and the exec request
+                    # was never sent, so one retry cannot run the command twice.
+                    if attempt == 0 and e.code == asyncssh.OPEN_CONNECT_FAILED:
+                        continue
+                    raise TransientDriverError(
+                        f"ssh {self.host}: connection lost while starting a command (it may have run); retry"
+                    ) from e
+                raise self._op_error("start a command", e) from e
+            except _CONNECT_ERRORS as e:
+                raise self._op_error("start a command", e) from e
+            return await self._finish(proc, input)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def warm(self) -> None:
@@ -253,10 +273,11 @@ class SshTransport:
             await self.home()
 
     async def _shell(self) -> ResidentShell | None:
-        """An idle resident shell on the live connection, or a new one while fewer than
-        ``max_channels - 2`` are open on it (room for the SFTP sessions); None: use an exec
-        request (every shell busy, or the host cannot keep one). Reconnects as ``run``
-        does: a channel that could not open on a dead connection ran nothing."""
+        """An idle resident shell on the live connection, or a new one while the shells
+        and exec requests hold fewer than ``max_channels`` channels (the SFTP sessions
+        take the rest of OpenSSH's ``MaxSessions 10``); None: use an exec request (all
+        busy, or the host cannot keep one). Reconnects as ``run`` does: a channel that
+        could not open on a dead connection ran nothing."""
         for attempt in (0, 1):
             conn = await self.connection()
             while self._idle:
@@ -265,8 +286,9 @@ class SshTransport:
                     return idle
                 self._drop(idle)
             self._live = {sh for sh in self._live if sh.conn is conn and sh.usable}
-            if len(self._live) >= max(1, self.max_channels - 2):
+            if self._channels_used() >= self.max_channels:
                 return None
+            self._starting += 1  # counted before the await: concurrent callers see it
             try:
                 shell = await ResidentShell.start(conn, self.connect_timeout)
             except asyncssh.ChannelOpenError as e:
@@ -275,6 +297,8 @@ class SshTransport:
                 raise self._op_error("start a shell", e) from e
             except _CONNECT_ERRORS as e:
                 raise self._op_error("start a shell", e) from e
+            finally:
+                self._starting -= 1
             if shell is None:
                 self._shells_ok = False
             else:
@@ -282,13 +306,20 @@ class SshTransport:
             return shell
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _channels_used(self) -> int:
+        """Session channels held by shells (open, starting, closing) and exec requests."""
+        return len(self._live) + self._starting + self._closing + self._oneoff
+
     def _drop(self, shell: ResidentShell) -> None:
         shell.close()
         self._live.discard(shell)
 
-    async def _run_in(self, shell: ResidentShell, script: str) -> Completed:
+    async def _run_in(self, shell: ResidentShell, script: str) -> Completed | None:
+        """``script`` in ``shell``; None if the host could not store it (it did not run)."""
         try:
-            done = await shell.run(script)
+            done: Completed | None = await shell.run(script)
+        except ScriptNotWritten:
+            done = None
         except ShellLost as e:
             self._drop(shell)
             raise TransientDriverError(
