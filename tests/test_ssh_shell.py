@@ -274,7 +274,7 @@ def test_a_full_tmpdir_never_runs_a_cut_off_script(
                 assert h.exec_requests() - exec0 == 1  # sent another way
             finally:
                 (tmp / "filler").unlink()
-            assert (await t.run("echo back")).stdout == b"back\n"  # the shell was kept
+            assert (await t.run("echo back")).stdout == b"back\n"  # in a new shell
 
     asyncio.run(body())
     assert count.read_text() == "x\n"
@@ -344,3 +344,35 @@ def test_a_shell_that_died_unclean_leaves_no_directory_behind(host: Host, transp
     while list(tmp.glob("qwex-sh.*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(tmp.glob("qwex-sh.*")) == []
+
+
+@pytest.mark.parametrize("foreign", [False, True], ids=["removed", "recreated-by-another-user"])
+def test_a_shell_whose_directory_was_removed_never_writes_elsewhere(
+    host: Host, transport: SshTransport, tmp_path: Path, foreign: bool
+) -> None:
+    """A job that cleans /tmp removes the shell's directory; another user may then create
+    one of that name. The next script is not written there: it goes as an exec request,
+    once, and the shell after it is a new one, in a new directory of its own."""
+    tmp, count = host.base / "tmp", tmp_path / "count"
+
+    async def body() -> None:
+        async with transport as t:
+            assert (await t.run("echo first")).stdout == b"first\n"
+            (old,) = tmp.glob("qwex-sh.*")
+            subprocess.run(["rm", "-rf", str(old)], check=True)
+            if foreign:
+                old.mkdir(mode=0o777)
+                os.chown(old, 65534, 65534)  # nobody's
+            exec0, rc0 = host.exec_requests(), host.rc_runs()
+            r = await t.run(f"echo x >> {count}; echo ok")
+            assert r.rc == 0 and r.stdout.endswith(b"ok\n"), r
+            assert host.exec_requests() - exec0 == 1
+            assert (await t.run("echo next")).stdout == b"next\n"
+            assert host.rc_runs() - rc0 == 2  # the exec request's login, then a new shell's
+            assert [p for p in tmp.glob("qwex-sh.*") if p != old and p.stat().st_uid == os.getuid()]
+            if foreign:
+                assert list(old.iterdir()) == []
+                old.rmdir()
+
+    asyncio.run(body())
+    assert count.read_text() == "x\n"

@@ -12,10 +12,12 @@ Protocol (``T`` is a fresh random token per request, unknown to the script befor
 - start: remove this user's ``qwex-sh.*`` directories under ``$TMPDIR`` whose shell is gone
   (a shell killed by SIGKILL, or by SIGPIPE while answering a cancelled request, cannot
   clean up), ``mktemp -d`` a private one holding the shell's pid (removed when the shell
-  exits or is hung up on), then print ``\\nQWEXREADY_T\\n``. Whatever the rc files printed
-  before that line is discarded.
-- request: a quoted here-document writes the script plus one newline to ``D/T.sh``; only
-  if that file has exactly those bytes (a full ``$TMPDIR`` never runs a cut-off script)
+  exits or is hung up on, if it is still its own), then print ``\\nQWEXREADY_T\\n``.
+  Whatever the rc files printed before that line is discarded.
+- request: a quoted here-document writes the script plus one newline to ``D/T.sh``, only
+  while ``D`` is still this user's own directory (not a link: a job that cleans ``/tmp``
+  may remove it, and another user may then create one of that name); only if that file
+  has exactly those bytes (a full ``$TMPDIR`` never runs a cut-off script)
   and the output files can be created, ``setsid -w sh -c "$(cat D/T.sh)" sh`` runs it (its
   own session and process group, as sshd gives an exec request, so ``kill 0`` stays
   inside; ``$(...)`` drops the added newline, so the shell sees the script's exact text;
@@ -30,8 +32,9 @@ Protocol (``T`` is a fresh random token per request, unknown to the script befor
 
 Contract: :meth:`ResidentShell.run` returns what ``sh -c SCRIPT`` run through its own exec
 request would (exit status, 128+N for signal N, byte-exact stdout and stderr, ``$0`` = sh),
-except that stdin is always empty. :class:`ScriptNotWritten`: the script did not run and the
-shell is still usable (send it another way). :class:`ShellLost`: the channel ended, or the
+except that stdin is always empty. :class:`ScriptNotWritten`: the script did not run (send it
+another way); the shell answered, but a new one is the fix (a new directory, or on a full
+``$TMPDIR`` no shell at all). :class:`ShellLost`: the channel ended, or the
 answer did not parse, while the script may have run; the shell is closed. A cancelled
 ``run`` closes the shell too. :meth:`ResidentShell.start` returns None when the host cannot
 keep one (no ``mktemp``, a shell that is not POSIX-like, rc files that swallow stdin).
@@ -57,7 +60,7 @@ for qwex_o in "$qwex_t"/qwex-sh.*; do
 done
 qwex_d=$(mktemp -d "$qwex_t/qwex-sh.XXXXXXXX") || exit 97
 echo $$ >"$qwex_d/pid" || exit 97
-trap 'rm -rf "$qwex_d"' EXIT
+trap '[ -O "$qwex_d" ] && [ ! -L "$qwex_d" ] && rm -rf "$qwex_d"' EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
 if setsid -w true </dev/null >/dev/null 2>&1; then qwex_g='setsid -w'; else qwex_g=; fi
@@ -67,7 +70,8 @@ printf '\\nQWEXREADY_%s\\n' {tok}
 _REQUEST = """\
 qwex_f="$qwex_d/{tok}"
 qwex_w=-1
-cat >"$qwex_f.sh" <<'QWEXEOF_{tok}' && qwex_w=$(($(wc -c <"$qwex_f.sh")))
+[ -d "$qwex_d" ] && [ ! -L "$qwex_d" ] && [ -O "$qwex_d" ] \
+  && cat >"$qwex_f.sh" <<'QWEXEOF_{tok}' && qwex_w=$(($(wc -c <"$qwex_f.sh")))
 {script}
 QWEXEOF_{tok}
 if [ "$qwex_w" -eq {size} ] && : >"$qwex_f.o" && : >"$qwex_f.e"; then
@@ -109,8 +113,8 @@ class ShellLost(Exception):
 
 
 class ScriptNotWritten(Exception):
-    """The host could not store the script (a full or unwritable ``$TMPDIR``): it did not
-    run, and the shell is still usable."""
+    """The host could not store the script (a full ``$TMPDIR``, or the shell's directory
+    gone or no longer its own): it did not run."""
 
 
 class ResidentShell:

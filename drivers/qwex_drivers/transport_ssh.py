@@ -317,9 +317,10 @@ class SshTransport:
     async def _run_in(self, shell: ResidentShell, script: str) -> Completed | None:
         """``script`` in ``shell``; None if the host could not store it (it did not run)."""
         try:
-            done: Completed | None = await shell.run(script)
+            done = await shell.run(script)
         except ScriptNotWritten:
-            done = None
+            self._drop(shell)  # the next run starts a shell with a new directory, if it can
+            return None
         except ShellLost as e:
             self._drop(shell)
             raise TransientDriverError(
